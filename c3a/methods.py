@@ -1,0 +1,126 @@
+"""One interface through which every method is applied to a model.
+
+`apply_method(model, kind, head_modules, **options)` freezes the backbone, lets the method
+add or unfreeze its parameters, makes the head trainable and returns an `Adapted` that
+tells the trainer its parameter groups and its extra loss term. The runner never branches
+on a method's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from c3a.c3a_layer import C3ALinear
+from c3a.givens import GivensLinear
+from c3a.modules import replace_linears
+
+
+@dataclass
+class Adapted:
+    """A model prepared for training with its parameters split the way the optimizer needs."""
+
+    model: nn.Module
+    head: list[nn.Parameter]        # classification head: own learning rate, not counted
+    method: list[nn.Parameter]      # what the method trains (weight decay applies)
+    method_no_decay: list[nn.Parameter]
+    reg_lambda: float = 0.0
+
+    @property
+    def trainable_params(self) -> int:
+        """The paper's '#params': every trainable parameter outside the head."""
+        return sum(p.numel() for p in self.method + self.method_no_decay)
+
+    def regularizer(self) -> torch.Tensor | float:
+        """lambda * sum of the method layers' own penalties (0 for methods without one)."""
+        if not self.reg_lambda:
+            return 0.0
+        terms = [m.regularizer() for m in self.model.modules() if hasattr(m, "regularizer")]
+        return self.reg_lambda * torch.stack(terms).sum()
+
+
+def _peft(model: nn.Module, peft_config) -> nn.Module:
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config)
+
+
+def _bitfit(model: nn.Module) -> nn.Module:
+    for name, param in model.named_parameters():
+        if name.endswith(".bias") or name == "bias":
+            param.requires_grad_(True)
+    return model
+
+
+def _full(model: nn.Module) -> nn.Module:
+    model.requires_grad_(True)
+    return model
+
+
+def _c3a(
+    model: nn.Module,
+    target_modules: Sequence[str] | str = ("query", "value"),
+    block_size: int | None = None,
+    blocks: int | None = None,
+    init: str = "xavier_uniform",
+    reference_grad: bool = False,
+) -> nn.Module:
+    if (block_size is None) == (blocks is None):
+        raise ValueError(f"C3A needs exactly one of block_size and blocks (got {block_size=}, {blocks=})")
+
+    def wrap(linear: nn.Linear) -> C3ALinear:
+        p = block_size or linear.in_features // blocks
+        if blocks and linear.in_features % blocks:
+            raise ValueError(f"C3A blocks={blocks} does not divide the layer's input width {linear.in_features}")
+        return C3ALinear(linear, p, init=init, reference_grad=reference_grad)
+
+    replace_linears(model, target_modules, wrap)
+    return model
+
+
+def _givens(model: nn.Module, target_modules: Sequence[str] | str, variant: str = "qgoft") -> nn.Module:
+    replace_linears(model, target_modules, lambda linear: GivensLinear(linear, variant=variant))
+    return model
+
+
+METHODS: dict[str, Callable[..., nn.Module]] = {
+    "peft": _peft,
+    "bitfit": _bitfit,
+    "full": _full,
+    "c3a": _c3a,
+    "givens": _givens,
+}
+
+
+def apply_method(
+    model: nn.Module,
+    kind: str,
+    head_modules: Sequence[str] = ("classifier",),
+    reg_lambda: float = 0.0,
+    no_decay: Sequence[str] = (),
+    **options,
+) -> Adapted:
+    """Apply method `kind` (a key of METHODS) to `model` in place.
+
+    `head_modules` are the qualified names of the classification head (always trained);
+    `no_decay` lists name fragments of method parameters excluded from weight decay.
+    """
+    if kind not in METHODS:
+        raise ValueError(f"unknown method kind {kind!r}; allowed: {', '.join(METHODS)}")
+    model.requires_grad_(False)
+    model = METHODS[kind](model, **options)
+
+    head, method, method_no_decay = [], [], []
+    for name, param in model.named_parameters():
+        # PEFT wraps the model (base_model.model.<name>): match the head anywhere in the name.
+        if any(f".{h}." in f".{name}" for h in head_modules):
+            param.requires_grad_(True)
+            head.append(param)
+        elif param.requires_grad:
+            (method_no_decay if any(f in name for f in no_decay) else method).append(param)
+    if not head:
+        raise ValueError(f"head_modules {list(head_modules)} matched no parameter of the model")
+    return Adapted(model, head, method, method_no_decay, reg_lambda)

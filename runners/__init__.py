@@ -1,0 +1,1 @@
+"""The harness around the adapters: data, models, training, records, memory, tables."""

@@ -1,0 +1,34 @@
+"""OmegaConf resolvers the configs use: the offline encoder's path and paper tables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from runners.models import minilm_path
+
+PAPER_DIR = Path(__file__).resolve().parents[1] / "conf" / "paper"
+
+
+@lru_cache
+def paper_table(name: str) -> pd.DataFrame:
+    return pd.read_csv(PAPER_DIR / f"{name}.csv")
+
+
+def paper_value(table: str, model: str, task: str, column: str) -> int | float | str:
+    """One cell of a paper's hyperparameter table (conf/paper/<table>.csv)."""
+    df = paper_table(table)
+    rows = df[(df.model == model) & (df.task == task)]
+    if rows.empty:
+        pairs = ", ".join(sorted({f"{m}/{t}" for m, t in zip(df.model, df.task)}))
+        raise ValueError(f"paper table {table} has no row for model={model} task={task}; it has: {pairs}")
+    value = rows.iloc[0][column]
+    return value.item() if hasattr(value, "item") else value
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("minilm_path", minilm_path, replace=True)
+    OmegaConf.register_new_resolver("paper", paper_value, replace=True)

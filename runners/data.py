@@ -1,0 +1,171 @@
+"""GLUE loading (hub or local TSVs), the protocol's splits, tokenization and batching."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict, load_from_disk
+from omegaconf import DictConfig, OmegaConf
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from runners.errors import HarnessError
+
+csv.field_size_limit(1 << 24)
+
+
+def read_tsv(path: Path, task: DictConfig) -> dict[str, list]:
+    """One GLUE TSV as columns {text_key: [...], 'label': [...]}; labels as the hub's ints/floats."""
+    if not path.is_file():
+        raise HarnessError(f"GLUE file not found: {path}")
+    spec = task.tsv
+    wanted = list(task.text_keys) + ["label"]
+    out: dict[str, list] = {k: [] for k in wanted}
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: MRPC starts with a BOM
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if spec.header:
+            header = next(rows, [])
+            missing = [spec.columns[k] for k in wanted if spec.columns[k] not in header]
+            if missing:
+                raise HarnessError(f"{path} line 1: header lacks column(s) {missing}; found {header}")
+            col = {k: header.index(spec.columns[k]) for k in wanted}
+            width = len(header)
+        else:
+            col = {k: int(spec.columns[k]) for k in wanted}
+            width = max(col.values()) + 1
+        for line_no, row in enumerate(rows, start=2 if spec.header else 1):
+            if len(row) < width:
+                raise HarnessError(f"{path} line {line_no}: expected {width} tab-separated fields, got {len(row)}")
+            for k in task.text_keys:
+                out[k].append(row[col[k]])
+            out["label"].append(_label(row[col["label"]], task, path, line_no))
+    return out
+
+
+def _label(raw: str, task: DictConfig, path: Path, line_no: int) -> int | float:
+    if task.label_names is None:
+        try:
+            return float(raw)
+        except ValueError:
+            raise HarnessError(f"{path} line {line_no}: label {raw!r} is not a number") from None
+    if raw not in task.label_names:
+        raise HarnessError(f"{path} line {line_no}: label {raw!r} not in {list(task.label_names)}")
+    return list(task.label_names).index(raw)
+
+
+def load_glue(task: DictConfig, data: DictConfig) -> tuple[dict[str, list], dict[str, list]]:
+    """(train, dev) columns from `data.dir` (GLUE TSV layout) or, when it is null, the hub."""
+    if data.dir is not None:
+        root = Path(data.dir).expanduser()
+        if not root.is_dir():
+            raise HarnessError(f"GLUE data directory not found: {root} (set data.dir=PATH or GLUE_DIR)")
+        folder = root / task.glue_dir
+        return read_tsv(folder / "train.tsv", task), read_tsv(folder / "dev.tsv", task)
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(data.hub_dataset, task.name)
+    except Exception as e:  # the hub's errors vary by version; all mean "no data"
+        raise HarnessError(
+            f"cannot load {data.hub_dataset}/{task.name} from the hub ({type(e).__name__}); "
+            "offline, point data.dir=PATH (or GLUE_DIR) at GLUE TSVs"
+        ) from e
+    cols = list(task.text_keys) + ["label"]
+    return ({k: ds["train"][k] for k in cols}, {k: ds["validation"][k] for k in cols})
+
+
+def _take(columns: dict[str, list], idx: np.ndarray) -> dict[str, list]:
+    return {k: [v[i] for i in idx] for k, v in columns.items()}
+
+
+def split(train: dict, dev: dict, task: DictConfig, protocol: DictConfig) -> dict[str, dict]:
+    """train/validation/test per the protocol option (deterministic in protocol.split_seed)."""
+    seed = protocol.split_seed
+    stratified = task.num_labels > 1
+
+    def carve(columns: dict, fraction: float, cap: int | None) -> tuple[dict, dict]:
+        n = len(columns["label"])
+        size = int(round(n * fraction)) if cap is None else min(int(round(n * fraction)), cap)
+        keep, held = train_test_split(
+            np.arange(n), test_size=size, random_state=seed, stratify=columns["label"] if stratified else None
+        )
+        return _take(columns, keep), _take(columns, held)
+
+    if protocol.name == "train_val_dev_test":
+        train, val = carve(train, protocol.val_fraction, protocol.val_max)
+        return {"train": train, "validation": val, "test": dev}
+    if protocol.name == "dev_halves":
+        test, val = carve(dev, protocol.val_fraction, protocol.val_max)
+        return {"train": train, "validation": val, "test": test}
+    if protocol.name == "dev_dev":
+        return {"train": train, "validation": dev, "test": dev}
+    raise HarnessError(f"unknown protocol {protocol.name!r}; allowed: train_val_dev_test, dev_halves, dev_dev")
+
+
+def _subset(columns: dict, n: int | None, seed: int) -> dict:
+    if n is None or n >= len(columns["label"]):
+        return columns
+    return _take(columns, np.random.default_rng(seed).permutation(len(columns["label"]))[:n])
+
+
+def prepare(cfg: DictConfig, tokenizer) -> DatasetDict:
+    """Tokenized train/validation/test, cached on disk by everything that determines them."""
+    key_cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "data", "protocol")}
+    key_cfg["tokenizer"] = tokenizer.name_or_path
+    key_cfg["data"].pop("cache_dir")
+    key = hashlib.sha256(json.dumps(key_cfg, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cfg.data.cache_dir) / f"{cfg.task.name}-{key}"
+    if path.is_dir():
+        return load_from_disk(str(path))
+
+    train, dev = load_glue(cfg.task, cfg.data)
+    parts = split(train, dev, cfg.task, cfg.protocol)
+    parts["train"] = _subset(parts["train"], cfg.data.max_train_samples, cfg.protocol.split_seed)
+    for name in ("validation", "test"):
+        parts[name] = _subset(parts[name], cfg.data.max_eval_samples, cfg.protocol.split_seed)
+
+    keys = list(cfg.task.text_keys)
+
+    def tokenize(batch: dict) -> dict:
+        texts = [batch[k] for k in keys]
+        return tokenizer(*texts, truncation=True, max_length=cfg.data.max_seq_len)
+
+    ds = DatasetDict({name: Dataset.from_dict(cols) for name, cols in parts.items()})
+    ds = ds.map(tokenize, batched=True, remove_columns=keys)
+    ds = ds.rename_column("label", "labels")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    ds.save_to_disk(str(tmp))
+    try:
+        tmp.rename(path)  # atomic: a killed run never leaves a half-written cache
+    except OSError:  # a parallel job cached the same data first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ds
+
+
+def loader(ds: Dataset, tokenizer, batch_size: int, train: bool, group_by_length: bool, seed: int) -> DataLoader:
+    """Dynamic padding per batch; for training, shuffled (optionally length-grouped) order."""
+    import torch
+
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    ds = ds.with_format(columns=[c for c in ds.column_names if c != "labels"] + ["labels"])
+    sampler = None
+    generator = torch.Generator().manual_seed(seed)
+    if train and group_by_length:
+        lengths = [len(ids) for ids in ds["input_ids"]]
+        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=train and sampler is None,
+        generator=generator if train and sampler is None else None,
+        collate_fn=collate,
+    )

@@ -1,0 +1,55 @@
+"""Peak training memory: CUDA allocator peaks, or the process's peak resident set on CPU."""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import torch
+
+GB = 1024**3
+
+
+def _max_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
+
+
+class PeakMemory:
+    """Reset on construction; `read()` gives the peak since then.
+
+    CUDA: `max_memory_allocated` (and reserved) in GB, as the paper's column.
+    CPU: the process's peak resident set (ru_maxrss) minus its resident set at `baseline`
+    time (taken before the model is built), so weights, activations and optimizer state
+    count and the Python/torch runtime does not. ru_maxrss cannot be reset, so a CPU
+    measurement is only meaningful as the first peak of a fresh process (one job).
+    """
+
+    def __init__(self, device: torch.device, baseline_bytes: int | None = None) -> None:
+        self.device = device
+        self.baseline = baseline_bytes if baseline_bytes is not None else current_rss_bytes()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def read(self) -> dict[str, float | str]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return {
+                "peak_memory_gb": torch.cuda.max_memory_allocated(self.device) / GB,
+                "peak_memory_reserved_gb": torch.cuda.max_memory_reserved(self.device) / GB,
+                "peak_memory_kind": "cuda_max_allocated",
+            }
+        return {
+            "peak_memory_gb": max(_max_rss_bytes() - self.baseline, 0) / GB,
+            "peak_memory_kind": "cpu_peak_rss_minus_baseline",
+        }
+
+
+def current_rss_bytes() -> int:
+    """The resident set now (Linux /proc; elsewhere the peak so far as an upper bound)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return _max_rss_bytes()

@@ -1,0 +1,115 @@
+"""The training loop: AdamW with head/method groups, linear warmup schedule, evaluation on
+validation and test, selection of the best validation point."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from datasets import DatasetDict
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from c3a.methods import Adapted
+from runners.data import loader
+from runners.errors import HarnessError, TrainingFailed
+from runners.metrics import score
+
+LOSS_CHECK_EVERY = 20  # steps between host syncs that check the loss is finite
+
+
+def optimizer(adapted: Adapted, t: DictConfig) -> torch.optim.AdamW:
+    groups = [
+        {"params": adapted.method, "lr": t.lr, "weight_decay": t.weight_decay},
+        {"params": adapted.method_no_decay, "lr": t.lr, "weight_decay": 0.0},
+        {"params": adapted.head, "lr": t.lr_head, "weight_decay": t.weight_decay},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]])
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise HarnessError(f"trainer.precision={precision!r}; allowed: fp32, bf16, fp16")
+    if precision == "fp16" and device.type != "cuda":
+        raise HarnessError("trainer.precision=fp16 needs CUDA; use bf16 or fp32 on CPU")
+    return torch.autocast(device.type, dtype=dtypes[precision])
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, batches, metric: str, device: torch.device, precision: str) -> float:
+    model.eval()
+    outputs, labels = [], []
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast(device, precision):
+            outputs.append(model(**batch).logits.float().cpu())
+        labels.append(batch["labels"].cpu())
+    model.train()
+    return score(metric, torch.cat(labels).numpy(), torch.cat(outputs).numpy())
+
+
+def train(
+    adapted: Adapted, data: DatasetDict, tokenizer, cfg: DictConfig, device: torch.device, log=None
+) -> dict:
+    """Train and evaluate; returns {"history": [...], "selected": {...}}."""
+    t, metric = cfg.trainer, cfg.task.metric
+    model = adapted.model.to(device)
+    model.train()
+    train_dl = loader(data["train"], tokenizer, t.batch_size, True, t.group_by_length, cfg.seed)
+    evals = {
+        split: loader(data[split], tokenizer, t.eval_batch_size, False, False, cfg.seed)
+        for split in ("validation", "test")
+    }
+    total = t.max_steps or t.epochs * len(train_dl)
+    eval_every = t.eval_every_steps or len(train_dl)
+    opt = optimizer(adapted, t)
+    sched = get_linear_schedule_with_warmup(opt, math.ceil(t.warmup_ratio * total), total)
+    scaler = torch.amp.GradScaler(enabled=t.precision == "fp16")
+    params = [p for g in opt.param_groups for p in g["params"]]
+
+    history: list[dict] = []
+    step, running, since = 0, torch.zeros((), device=device), 0
+    bar = tqdm(total=total, disable=not t.progress, desc=f"{cfg.method.name}/{cfg.task.name}")
+    while step < total:
+        for batch in train_dl:
+            batch = batch.to(device)
+            with autocast(device, t.precision):
+                loss = model(**batch).loss + adapted.regularizer()
+            scaler.scale(loss).backward()
+            if t.max_grad_norm:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step, since = step + 1, since + 1
+            running += loss.detach().float()
+            bar.update()
+            if step % LOSS_CHECK_EVERY == 0 or step % eval_every == 0 or step == total:
+                mean = running.item() / since
+                if not math.isfinite(mean):
+                    raise TrainingFailed(f"non-finite training loss ({mean}) by step {step}")
+                bar.set_postfix(loss=f"{mean:.4f}")
+            if step % eval_every == 0 or step == total:
+                point = {
+                    "epoch": round(step / len(train_dl), 3),
+                    "step": step,
+                    "train_loss": running.item() / since,
+                    **{split: evaluate(model, dl, metric, device, t.precision) for split, dl in evals.items()},
+                }
+                running, since = torch.zeros((), device=device), 0
+                history.append(point)
+                if log is not None:
+                    log(point)
+            if step == total:
+                break
+    bar.close()
+    best = int(np.argmax([h["validation"] for h in history]))  # first best on ties
+    return {"history": history, "selected": history[best]}
