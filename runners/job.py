@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from datetime import datetime, timezone
 
+import datasets
 import torch
+import transformers
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from transformers import set_seed
@@ -15,11 +18,14 @@ from runners import record
 from runners.data import prepare
 from runners.errors import HarnessError, TrainingFailed
 from runners.logger import make_logger
-from runners.memory import PeakMemory, current_rss_bytes
+from runners.memory import PeakMemory
 from runners.models import build_model, build_tokenizer
-from runners.train import optimizer, train
+from runners.train import autocast, optimizer, train
 
 MODES = ("train", "count", "memory")
+
+datasets.disable_progress_bars()
+transformers.logging.set_verbosity_error()
 
 
 def validate(cfg: DictConfig) -> None:
@@ -66,31 +72,39 @@ def count(cfg: DictConfig) -> str:
 
 
 def memory(cfg: DictConfig) -> str:
-    """Peak memory of a few training steps at a fixed input (random weights and tokens)."""
+    """Peak memory of a few training steps at a fixed input (random weights and tokens),
+    measured in a fresh process so earlier work in this one cannot inflate it."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        result = pool.apply(measure_memory, (OmegaConf.to_container(cfg, resolve=True),))
+    path = record.record_path(cfg)
+    record.write(path, {
+        "status": "finished", "mode": "memory", **_identity(cfg), **result,
+        "config": record.resolved(cfg), "environment": record.environment(),
+    })
+    return f"peak_memory_gb: {result['peak_memory_gb']:.3f}"
+
+
+def measure_memory(conf: dict) -> dict:
+    cfg = OmegaConf.create(conf)
     device = device_of(cfg)
-    baseline = current_rss_bytes()
-    peak = PeakMemory(device, baseline)
+    peak = PeakMemory(device)
     adapted = adapted_model(cfg, pretrained=False)
     model = adapted.model.to(device).train()
     opt = optimizer(adapted, cfg.trainer)
     m = cfg.memory
-    vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(cfg.seed)
+    label_dtype = torch.float if cfg.task.num_labels == 1 else torch.long
     for _ in range(m.steps):
-        ids = torch.randint(3, vocab, (m.batch_size, m.seq_len), generator=gen).to(device)
-        labels = torch.zeros(m.batch_size, dtype=torch.float if cfg.task.num_labels == 1 else torch.long)
-        loss = model(input_ids=ids, labels=labels.to(device)).loss + adapted.regularizer()
+        ids = torch.randint(3, model.config.vocab_size, (m.batch_size, m.seq_len), generator=gen)
+        labels = torch.zeros(m.batch_size, dtype=label_dtype)
+        with autocast(device, cfg.trainer.precision):
+            loss = model(input_ids=ids.to(device), labels=labels.to(device)).loss + adapted.regularizer()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    result = peak.read()
-    path = record.record_path(cfg)
-    record.write(path, {
-        "status": "finished", "mode": "memory", **_identity(cfg), "device": str(device),
-        "trainable_params": adapted.trainable_params, **result, "config": record.resolved(cfg),
-        "environment": record.environment(),
-    })
-    return f"peak_memory_gb: {result['peak_memory_gb']:.3f}"
+    return {**peak.read(), "device": str(device), "trainable_params": adapted.trainable_params,
+            "batch_size": m.batch_size, "seq_len": m.seq_len}
 
 
 def _identity(cfg: DictConfig) -> dict:
@@ -102,7 +116,7 @@ def fit(cfg: DictConfig) -> tuple[str, bool]:
     """Train one configuration; returns (record path line, succeeded)."""
     path = record.record_path(cfg)
     if record.finished(path) and not cfg.force:
-        print(f"skipped: an identical finished run exists (force=true re-runs it)")
+        print("skipped: an identical finished run exists (force=true re-runs it)")
         return f"record: {path}", True
     device = device_of(cfg)
     if cfg.trainer.num_threads:

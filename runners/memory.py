@@ -19,15 +19,20 @@ class PeakMemory:
     """Reset on construction; `read()` gives the peak since then.
 
     CUDA: `max_memory_allocated` (and reserved) in GB, as the paper's column.
-    CPU: the process's peak resident set (ru_maxrss) minus its resident set at `baseline`
-    time (taken before the model is built), so weights, activations and optimizer state
-    count and the Python/torch runtime does not. ru_maxrss cannot be reset, so a CPU
-    measurement is only meaningful as the first peak of a fresh process (one job).
+    CPU: the process's peak resident set (ru_maxrss) minus its resident set when measuring
+    starts (before the model is built), so weights, activations and optimizer state count and
+    the Python/torch runtime does not. ru_maxrss cannot be reset, so only the first
+    measurement of a process is valid; later ones (jobs of an in-process sweep) read None.
+    `mode=memory` therefore measures in a fresh subprocess.
     """
 
-    def __init__(self, device: torch.device, baseline_bytes: int | None = None) -> None:
+    _cpu_used = False  # a process's ru_maxrss serves one measurement
+
+    def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.baseline = baseline_bytes if baseline_bytes is not None else current_rss_bytes()
+        self.baseline = current_rss_bytes()
+        self.valid = device.type == "cuda" or not PeakMemory._cpu_used
+        PeakMemory._cpu_used |= device.type == "cpu"
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -41,8 +46,8 @@ class PeakMemory:
                 "peak_memory_kind": "cuda_max_allocated",
             }
         return {
-            "peak_memory_gb": max(_max_rss_bytes() - self.baseline, 0) / GB,
-            "peak_memory_kind": "cpu_peak_rss_minus_baseline",
+            "peak_memory_gb": (_max_rss_bytes() - self.baseline) / GB if self.valid else None,
+            "peak_memory_kind": "cpu_peak_rss_minus_baseline" if self.valid else "cpu_not_first_job_of_process",
         }
 
 

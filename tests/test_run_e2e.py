@@ -1,0 +1,88 @@
+"""run.py end to end as a subprocess: records, skipping, bad input (slow: CI runs them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import last_line
+
+pytestmark = pytest.mark.slow
+QUICK = ["trainer.max_steps=3", "trainer.batch_size=8", "data.max_train_samples=64", "data.max_eval_samples=32",
+         "data.max_seq_len=64"]
+
+
+def record_of(proc) -> dict:
+    line = last_line(proc.stdout)
+    assert line.startswith("record: "), proc.stdout
+    return json.loads(Path(line.removeprefix("record: ")).read_text())
+
+
+@pytest.mark.parametrize(("task", "metric"), [("rte", "accuracy"), ("mrpc", "accuracy"),
+                                              ("cola", "matthews_correlation"), ("stsb", "pearson")])
+def test_task_produces_a_record(run_cli, task: str, metric: str) -> None:
+    rec = record_of(run_cli(f"task={task}", "method=lora", *QUICK))
+    assert rec["status"] == "finished" and rec["metric"] == metric and rec["task"] == task
+    assert rec["sizes"] == {"train": 64, "validation": 32, "test": 32}
+    assert rec["trainable_params"] == 73728  # LoRA r=8 on MiniLM's 6 x (query, value), 384 wide
+    point = rec["history"][-1]
+    assert point["step"] == 3 and set(point) >= {"epoch", "train_loss", "validation", "test"}
+    assert rec["selected"] in rec["history"]
+    assert rec["config"]["task"]["metric"] == metric and rec["environment"]["packages"]["torch"]
+    assert rec["peak_memory_gb"] > 0 and rec["wall_time_s"] > 0
+
+
+def test_finished_run_is_skipped_unless_forced(run_cli) -> None:
+    first = record_of(run_cli("task=rte", "method=bitfit", *QUICK))
+    again = run_cli("task=rte", "method=bitfit", *QUICK)
+    assert "skipped" in again.stdout and record_of(again) == first
+    forced = record_of(run_cli("task=rte", "method=bitfit", "force=true", *QUICK))
+    assert forced["started_at"] != first["started_at"]
+
+
+def test_same_seed_same_metrics(run_cli, tmp_path: Path) -> None:
+    a = record_of(run_cli("task=mrpc", "method=lora", *QUICK))
+    b = record_of(run_cli("task=mrpc", "method=lora", "force=true", *QUICK))
+    assert a["history"] == b["history"]
+
+
+@pytest.mark.parametrize(("group", "value", "allowed"), [("task", "mnli", "rte"), ("method", "lorax", "bitfit"),
+                                                          ("model", "gpt5", "roberta-base")])
+def test_unknown_choice_lists_allowed_values(run_cli, group: str, value: str, allowed: str) -> None:
+    proc = run_cli(f"{group}={value}", "mode=count", check=False)
+    assert proc.returncode != 0
+    assert f"Could not find '{group}/{value}'" in proc.stderr and allowed in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_data_dir_is_named(run_cli, tmp_path: Path) -> None:
+    proc = run_cli("task=rte", f"data.dir={tmp_path}/no_glue", *QUICK, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert last_line(proc.stderr) == f"error: GLUE data directory not found: {tmp_path}/no_glue " \
+                                      "(set data.dir=PATH or GLUE_DIR)"
+
+
+def test_malformed_tsv_names_file_and_line(run_cli, tmp_path: Path, glue_dir: Path) -> None:
+    bad = tmp_path / "glue" / "RTE"
+    bad.mkdir(parents=True)
+    lines = (glue_dir / "RTE" / "train.tsv").read_text(encoding="utf-8").splitlines()
+    (bad / "train.tsv").write_text("\n".join(lines[:40] + ["41\tno label here"] + lines[40:]) + "\n")
+    (bad / "dev.tsv").write_text((glue_dir / "RTE" / "dev.tsv").read_text(encoding="utf-8"))
+    proc = run_cli("task=rte", f"data.dir={tmp_path / 'glue'}", *QUICK, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"error: {bad / 'train.tsv'} line 41: expected 4 tab-separated fields, got 2" in proc.stderr
+
+
+def test_non_finite_loss_is_recorded_as_failed(run_cli) -> None:
+    proc = run_cli("task=rte", "method=full", "trainer.lr=1e38", "trainer.lr_head=1e38", *QUICK, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    rec = record_of(proc)
+    assert rec["status"] == "failed" and "non-finite training loss" in rec["reason"]
+    assert "error: run failed: non-finite training loss" in proc.stdout
+
+
+def test_bad_option_value_lists_allowed(run_cli) -> None:
+    proc = run_cli("mode=fly", check=False)
+    assert proc.returncode != 0 and "error: mode='fly'; allowed: train, count, memory" in proc.stderr
