@@ -53,7 +53,7 @@ def _safely(fn, *args, **kwargs) -> None:
     try:
         fn(*args, **kwargs)
     except Exception as e:  # never let the logger take the run down
-        warnings.warn(f"wandb: {type(e).__name__}: {e}")
+        warnings.warn(f"wandb: {type(e).__name__}: {e}", stacklevel=2)
 
 
 def make_logger(cfg: DictConfig, rec: dict[str, Any]) -> NullLogger | WandbLogger:
@@ -62,5 +62,5 @@ def make_logger(cfg: DictConfig, rec: dict[str, Any]) -> NullLogger | WandbLogge
     try:
         return WandbLogger(cfg, rec)
     except Exception as e:
-        warnings.warn(f"wandb disabled for this run: {type(e).__name__}: {e}")
+        warnings.warn(f"wandb disabled for this run: {type(e).__name__}: {e}", stacklevel=2)
         return NullLogger()

@@ -1,0 +1,30 @@
+"""Adapters for GLUE fine-tuning, usable without Hydra.
+
+- `block_circular(x, w)`: the C3A operator `x @ C(w)^T` with exact gradients.
+- `C3ALinear`, `GivensLinear`: layers wrapping a frozen `nn.Linear` (C3A; qGOFT/GOFT).
+- `apply_method(model, kind, ...)`: the one interface through which every method (own,
+  PEFT-backed, BitFit, full) is applied to a model.
+- `export_peft(model, dir)`: a trained C3A adapter in PEFT's format.
+"""
+
+from c3a.c3a_layer import C3ALinear, c3a_state_dict, load_c3a_state_dict
+from c3a.circular import block_circular, circulant_matrix
+from c3a.givens import GivensLinear, givens_pairs, givens_state_dict, load_givens_state_dict
+from c3a.methods import METHODS, Adapted, apply_method
+from c3a.peft_export import export_peft
+
+__all__ = [
+    "METHODS",
+    "Adapted",
+    "C3ALinear",
+    "GivensLinear",
+    "apply_method",
+    "block_circular",
+    "c3a_state_dict",
+    "circulant_matrix",
+    "export_peft",
+    "givens_pairs",
+    "givens_state_dict",
+    "load_c3a_state_dict",
+    "load_givens_state_dict",
+]
