@@ -58,8 +58,13 @@ def worker(kind: str, method: str, steps: int) -> dict:
         train(adapted, data, tokenizer, cfg, device)
     else:  # the peer: Trainer + PEFT with a user's usual settings
         from peft import LoraConfig, get_peft_model
-        from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
-                                  TrainingArguments, set_seed)
+        from transformers import (
+            AutoModelForSequenceClassification,
+            DataCollatorWithPadding,
+            Trainer,
+            TrainingArguments,
+            set_seed,
+        )
 
         set_seed(cfg.seed)
         model = AutoModelForSequenceClassification.from_pretrained(cfg.model.name_or_path, num_labels=2)

@@ -26,6 +26,7 @@ MODES = ("train", "count", "memory")
 
 datasets.disable_progress_bars()
 transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars in every sweep job
 
 
 def validate(cfg: DictConfig) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # Keys that do not change a run's result: excluded from its identity.
-_NOT_IDENTITY = ("force", "results_dir", "logger", "trainer.progress", "data.dir", "data.cache_dir")
+_NOT_IDENTITY = ("force", "results_dir", "logger", "trainer.progress", "trainer.num_threads", "data.dir",
+                 "data.cache_dir")
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "scikit-learn", "numpy")
 
 

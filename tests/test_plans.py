@@ -1,0 +1,115 @@
+"""Named plans (sweeps/plan) and launchers compose and expand; SLURM is instantiated, never submitted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra._internal.callbacks import Callbacks
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.plugins import Plugins
+from hydra.types import HydraContext
+from omegaconf import DictConfig
+
+from conftest import ROOT
+from runners.config import register_resolvers
+
+PLANS = sorted(p.stem for p in (ROOT / "sweeps" / "plan").glob("*.yaml"))
+
+
+def hydra_cfg(*overrides: str) -> tuple[DictConfig, HydraContext]:
+    """Config with its hydra node, plus a context, inside an initialized Hydra (call within `hydra_app`)."""
+    cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
+    return cfg, HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks())
+
+
+@pytest.fixture
+def hydra_app():
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        yield
+
+
+def expand(*args: str) -> list[list[str]]:
+    cfg, ctx = hydra_cfg(*(a for a in args if a.startswith("+plan=")))
+    sweeper = Plugins.instance().instantiate_sweeper(hydra_context=ctx, task_function=lambda _: None, config=cfg)
+    return sweeper.expand(list(args))
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_plan_jobs_compose(hydra_app, plan: str) -> None:
+    jobs = expand(f"+plan={plan}")
+    for job in (jobs[0], jobs[-1]):  # composing every job of the big grids would take minutes
+        cfg = hydra_compose("config", overrides=job)
+        assert f"method={cfg.method.name}" in job and f"model={cfg.model.name}" in job
+
+
+@pytest.mark.parametrize(("args", "count"), [
+    (["+plan=minilm_mini"], 10 * 2 * 5 * 3),                 # methods x LRs x tasks x seeds
+    (["+plan=table2_base"], 6 * 5 * (5 * 4 * 2 + 2)),         # tasks x seeds x (grids + C3A rows)
+    (["+plan=table2_large"], 6 * 5 * (5 * 4 * 2 + 2)),
+    (["+plan=table2_memory"], 2 * 6 + 2),
+    (["+plan=minilm_mini", "method=lora", "task=rte"], 2 * 3),  # a key the grid sets filters it
+    (["+plan=minilm_mini", "method=c3a_b1,bitfit", "seed=0"], 2 * 2 * 5),
+    # 1e-3 is in all five baseline grids (x 2 head LRs); the C3A entries do not set trainer.lr: it applies
+    (["+plan=table2_base", "trainer.lr=1e-3", "task=rte", "seed=0"], 5 * 2 + 2),
+])
+def test_plan_sizes(hydra_app, args: list[str], count: int) -> None:
+    jobs = expand(*args)
+    assert len(jobs) == count and len({tuple(sorted(j)) for j in jobs}) == count
+
+
+def test_large_plan_swaps_only_the_c3a_rows(hydra_app) -> None:
+    methods = {o for job in expand("+plan=table2_large") for o in job if o.startswith("method=")}
+    assert methods == {f"method={m}" for m in ("bitfit", "ia3", "lora", "vera", "boft", "c3a_b1", "c3a_b8")}
+    assert all("model=roberta-large" in job for job in expand("+plan=table2_large", "seed=0"))
+
+
+def test_mini_plan_budget_overrides_presets(hydra_app) -> None:
+    cfg, _ = hydra_cfg("+plan=minilm_mini", "method=c3a_b6", "task=mrpc")
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.lr_head) == (2, 16, 1e-3)
+    assert (cfg.data.max_seq_len, cfg.data.max_train_samples, cfg.trainer.num_threads) == (64, 256, 1)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+
+
+def test_table2_baselines_get_the_c3a_budget(hydra_app) -> None:
+    cfg, _ = hydra_cfg("+plan=table2_base", "method=lora", "model=roberta-base", "task=mrpc")
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.data.max_seq_len) == (80, 128, 512)
+
+
+def test_slurm_launcher_instantiates_and_writes_sbatch(hydra_app, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    cfg, ctx = hydra_cfg("hydra/launcher=slurm", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}")
+    launcher = Plugins.instance().instantiate_launcher(hydra_context=ctx, task_function=lambda _: None, config=cfg)
+    assert type(launcher).__name__ == "SlurmLauncher"
+    p = launcher.params
+    assert (p["gpus_per_node"], p["partition"], p["timeout_min"], p["mem_gb"]) == (1, "gpu", 1440, 64)
+    # what SlurmLauncher.launch does before submitting: submitit validates every parameter name
+    fake_bin = tmp_path / "bin"  # submitit looks for srun; nothing is ever submitted
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    executor = submitit.AutoExecutor(folder=p["submitit_folder"], cluster="slurm",
+                                     slurm_max_num_timeout=p["max_num_timeout"])
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in p.items()
+                                  if k not in ("submitit_folder", "max_num_timeout")})
+    script = executor._executor._make_submission_file_text("python run.py", "0")
+    assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --partition=gpu" in script
+    assert "#SBATCH --time=1440" in script and "#SBATCH --mem=64GB" in script
+
+
+@pytest.mark.parametrize(("choice", "cls"), [("joblib", "JoblibLauncher"), ("submitit_local", "LocalLauncher"),
+                                             ("basic", "BasicLauncher")])
+def test_local_launchers_instantiate(hydra_app, choice: str, cls: str) -> None:
+    cfg, ctx = hydra_cfg(f"hydra/launcher={choice}")
+    launcher = Plugins.instance().instantiate_launcher(hydra_context=ctx, task_function=lambda _: None, config=cfg)
+    assert type(launcher).__name__ == cls

@@ -1,0 +1,47 @@
+"""logger=wandb never needs the network: offline and disabled runs record normally, one wandb run per job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import last_line
+
+pytestmark = pytest.mark.slow
+QUICK = ["model=minilm", "task=rte", "method=lora", "trainer.max_steps=2", "trainer.batch_size=8",
+         "data.max_train_samples=32", "data.max_eval_samples=16", "data.max_seq_len=64", "logger=wandb"]
+
+
+def wandb_env(tmp_path: Path, mode: str) -> dict[str, str]:
+    return {"WANDB_MODE": mode, "WANDB_DIR": str(tmp_path / "wb"), "WANDB_SILENT": "true",
+            "WANDB_DISABLE_GIT": "true"}
+
+
+def offline_runs(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "wb").glob("wandb/offline-run-*"))
+
+
+def finished_records(tmp_path: Path) -> list[dict]:
+    paths = (tmp_path / "runs").glob("train/**/*.json")
+    return [r for r in (json.loads(p.read_text()) for p in paths) if r["status"] == "finished"]
+
+
+def test_offline_run_records_and_logs_locally(run_cli, tmp_path: Path) -> None:
+    proc = run_cli(*QUICK, env=wandb_env(tmp_path, "offline"))
+    assert last_line(proc.stdout).startswith("record: ") and len(finished_records(tmp_path)) == 1
+    (run,) = offline_runs(tmp_path)
+    assert list(run.glob("*.wandb")), "the offline run has no data file"
+
+
+def test_disabled_wandb_still_records(run_cli, tmp_path: Path) -> None:
+    run_cli(*QUICK, env=wandb_env(tmp_path, "disabled"))
+    assert len(finished_records(tmp_path)) == 1 and not offline_runs(tmp_path)
+
+
+def test_one_wandb_run_per_job_in_a_multirun(run_cli, tmp_path: Path) -> None:
+    run_cli(*QUICK, "seed=0,1", env=wandb_env(tmp_path, "offline"), multirun=True)
+    assert sorted(r["seed"] for r in finished_records(tmp_path)) == [0, 1]
+    runs = offline_runs(tmp_path)
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[-1] for r in runs}) == 2  # distinct run ids
