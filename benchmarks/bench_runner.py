@@ -74,7 +74,8 @@ def worker(kind: str, method: str, steps: int) -> dict:
             output_dir=str(ROOT / ".cache" / "bench_trainer"), per_device_train_batch_size=BATCH, max_steps=steps,
             learning_rate=LR, warmup_steps=0.06, lr_scheduler_type="linear", weight_decay=0.0,
             eval_strategy="no", save_strategy="no", report_to=[], logging_steps=10**6, use_cpu=True,
-            seed=cfg.seed, group_by_length=kind == "trainer_grouped", disable_tqdm=True,
+            seed=cfg.seed, disable_tqdm=True,
+            train_sampling_strategy="group_by_length" if kind == "trainer_grouped" else "random",
         )
         trainer = Trainer(model=model, args=args, train_dataset=data["train"],
                           data_collator=DataCollatorWithPadding(tokenizer))
