@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # Keys that do not change a run's result: excluded from its identity.
-_NOT_IDENTITY = ("force", "results_dir", "logger", "trainer.progress", "trainer.num_threads", "data.dir",
+NOT_IDENTITY = ("force", "results_dir", "logger", "trainer.progress", "trainer.num_threads", "data.dir",
                  "data.cache_dir")
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "scikit-learn", "numpy")
 
@@ -24,7 +24,7 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
 
 def identity(cfg: DictConfig) -> str:
     conf = resolved(cfg)
-    for key in _NOT_IDENTITY:
+    for key in NOT_IDENTITY:
         *parents, leaf = key.split(".")
         node = conf
         for p in parents:

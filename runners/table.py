@@ -22,14 +22,14 @@ from typing import Any
 
 import pandas as pd
 
-from runners.record import _NOT_IDENTITY
+from runners.record import NOT_IDENTITY
 
 TASKS = ("sst2", "mrpc", "cola", "qnli", "rte", "stsb")
 MODEL_ORDER = ("roberta-base", "roberta-large")
 METHOD_ORDER = ("bitfit", "ia3", "lora", "vera", "boft", "c3a_b1", "c3a_b6", "c3a_b8", "qgoft", "goft", "full")
 PAPER = Path(__file__).resolve().parents[1] / "results" / "paper_table2.csv"
 _LR_KEYS = {"trainer.lr", "trainer.lr_head"}
-_NOT_SETTING = {"seed", *_NOT_IDENTITY}
+_NOT_SETTING = {"seed", *NOT_IDENTITY}
 
 
 class TableWarning(UserWarning):
