@@ -3,6 +3,7 @@
     python benchmarks/bench_c3a.py            # ~5 min on 2 CPU cores
     python benchmarks/bench_c3a.py --quick    # ~1 min: fewer repeats, 2-layer model for the step
     python benchmarks/bench_c3a.py --threads 1
+    python benchmarks/bench_c3a.py --device cuda   # GPU only
 
 1. Operator, forward+backward at RoBERTa-base shapes (x: 16 x 128 x 768, requires_grad):
    ours and PEFT's `BlockCircularConvolution` at b=1 (p=768) and b=6 (p=128), and LoRA r=8
@@ -226,6 +227,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 2-layer model for the step")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], action="append",
+                        help="repeatable; default: cpu, and cuda when available")
     parser.add_argument("--_worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -238,13 +241,13 @@ def main() -> None:
     load = Path("/proc/loadavg").read_text().split()[:3]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average at start {' '.join(load)}\n",
           flush=True)
-    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        rounds = 5 if args.quick else 15
+    for device in args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        rounds = (5 if args.quick else 15) * (10 if device == "cuda" else 1)  # GPU rounds are cheap
         op_times = time_ops(device, rounds)
         print(f"Operator forward+backward, {device}, x = {OP_TOKENS // 128} x 128 x {HIDDEN} ({rounds} rounds):\n",
               *op_table(op_times), "", sep="\n", flush=True)
         op_ms = {k: statistics.median(v) for k, v in op_times.items()}
-        layers, rounds = (2, 2) if args.quick else (12, 4)
+        layers, rounds = (2, 2) if args.quick else (12, 4 if device == "cpu" else 20)
         batch, seq = (8, 128) if device == "cpu" else (64, 256)
         print(*step_table(device, layers, batch, seq, rounds, op_ms), "", sep="\n", flush=True)
 

@@ -44,6 +44,7 @@ class PeakMemory:
                 "peak_memory_gb": torch.cuda.max_memory_allocated(self.device) / GB,
                 "peak_memory_reserved_gb": torch.cuda.max_memory_reserved(self.device) / GB,
                 "peak_memory_kind": "cuda_max_allocated",
+                "device_name": torch.cuda.get_device_name(self.device),
             }
         return {
             "peak_memory_gb": (_max_rss_bytes() - self.baseline) / GB if self.valid else None,

@@ -21,16 +21,20 @@ def minilm_path() -> str:
 
 def build_model(model_cfg: DictConfig, num_labels: int) -> PreTrainedModel:
     """Pretrained weights from `name_or_path`, or random weights from the config when
-    `pretrained=false` (from the yaml's `config` values if given: no download)."""
+    `pretrained=false` (from the yaml's `config` values if given: no download).
+    `model.attn_implementation` (optional): e.g. eager, sdpa; unset = transformers' default."""
+    attn = model_cfg.get("attn_implementation")
+    kwargs = {"attn_implementation": attn} if attn else {}
     try:
         if model_cfg.pretrained:
-            return AutoModelForSequenceClassification.from_pretrained(model_cfg.name_or_path, num_labels=num_labels)
+            return AutoModelForSequenceClassification.from_pretrained(
+                model_cfg.name_or_path, num_labels=num_labels, **kwargs)
         if model_cfg.get("config"):
             values = OmegaConf.to_container(model_cfg.config)
             config = AutoConfig.for_model(**values, num_labels=num_labels)
         else:
             config = AutoConfig.from_pretrained(model_cfg.name_or_path, num_labels=num_labels)
-        return AutoModelForSequenceClassification.from_config(config)
+        return AutoModelForSequenceClassification.from_config(config, **kwargs)
     except OSError as e:
         raise HarnessError(f"cannot load model {model_cfg.name_or_path!r}: {str(e).splitlines()[0]}") from e
 

@@ -211,3 +211,16 @@ def test_forward_equals_peft_c3a_layer_in_a_bert_model() -> None:
         got = ours(input_ids=ids).last_hidden_state
         assert not torch.allclose(expected, base(input_ids=ids).last_hidden_state, atol=1e-3)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [512, 128, 32])
+def test_chunked_kernel_gradient_equals_the_single_product(rows: int) -> None:
+    """The CUDA path sums the kernel gradient over token chunks; same result as one product."""
+    from c3a.circular import _conj_gram, _gram_rows
+
+    a = torch.randn(5, 512, 3, dtype=torch.complex128)
+    b = torch.randn(5, 512, 4, dtype=torch.complex128)
+    ref = torch.einsum("ftm,ftn->fmn", a.conj(), b)
+    torch.testing.assert_close(_conj_gram(a, b, rows), ref)
+    assert _gram_rows(512, cuda=True) == 256 and _gram_rows(6 * 67, cuda=True) == 201
+    assert _gram_rows(2 * 31, cuda=True) == 62 and _gram_rows(512, cuda=False) == 512

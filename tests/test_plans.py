@@ -48,12 +48,12 @@ def test_plan_jobs_compose(hydra_app, plan: str) -> None:
 
 
 @pytest.mark.parametrize(("args", "count"), [
-    (["+plan=minilm_mini"], 10 * 2 * 5 * 3),                 # methods x LRs x tasks x seeds
+    (["+plan=minilm_mini"], 10 * 5 * 3),                     # methods x tasks x seeds (one LR each)
     (["+plan=table2_base"], 6 * 5 * (5 * 4 * 2 + 2)),         # tasks x seeds x (grids + C3A rows)
     (["+plan=table2_large"], 6 * 5 * (5 * 4 * 2 + 2)),
-    (["+plan=table2_memory"], 2 * 6 + 2),
-    (["+plan=minilm_mini", "method=lora", "task=rte"], 2 * 3),  # a key the grid sets filters it
-    (["+plan=minilm_mini", "method=c3a_b1,bitfit", "seed=0"], 2 * 2 * 5),
+    (["+plan=table2_memory"], 2 * 6 + 2 + 2 * 3),             # + qgoft, goft, full
+    (["+plan=minilm_mini", "method=lora", "task=rte"], 3),   # a key the grid sets filters it
+    (["+plan=minilm_mini", "method=c3a_b1,bitfit", "seed=0"], 2 * 5),
     # 1e-3 is in all five baseline grids (x 2 head LRs); the C3A entries do not set trainer.lr: it applies
     (["+plan=table2_base", "trainer.lr=1e-3", "task=rte", "seed=0"], 5 * 2 + 2),
 ])
@@ -70,8 +70,8 @@ def test_large_plan_swaps_only_the_c3a_rows(hydra_app) -> None:
 
 def test_mini_plan_budget_overrides_presets(hydra_app) -> None:
     cfg, _ = hydra_cfg("+plan=minilm_mini", "method=c3a_b6", "task=mrpc")
-    assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.lr_head) == (2, 16, 1e-3)
-    assert (cfg.data.max_seq_len, cfg.data.max_train_samples, cfg.trainer.num_threads) == (64, 256, 1)
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.lr_head) == (2, 16, 2e-3)
+    assert (cfg.data.max_seq_len, cfg.data.max_train_samples, cfg.trainer.num_threads) == (64, 640, 1)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
 
 
