@@ -47,3 +47,12 @@ def test_full_counts_every_backbone_parameter() -> None:
 def test_count_contract_through_run_py(run_cli) -> None:
     proc = run_cli("mode=count", "method=lora", "model=roberta-base", "model.pretrained=false")
     assert last_line(proc.stdout) == "trainable_params: 294912"
+
+
+@pytest.mark.parametrize("attn", [None, "eager"])
+def test_attention_implementation_is_configurable(attn: str | None) -> None:
+    """The memory plan sets eager attention (the paper's era); unset = transformers' default."""
+    extra = [f"+model.attn_implementation={attn}"] if attn else []
+    cfg = compose("model=roberta-base", "method=c3a_b6", "model.pretrained=false", *extra)
+    model = adapted_model(cfg).model
+    assert model.config._attn_implementation == (attn or "sdpa")
