@@ -1,6 +1,6 @@
 """C3A speed and memory: our block-circular operator vs PEFT's and vs LoRA r=8.
 
-    python benchmarks/bench_c3a.py            # ~5 min on 2 CPU cores
+    python benchmarks/bench_c3a.py            # ~70 s on 2 idle CPU cores (several times longer under load)
     python benchmarks/bench_c3a.py --quick    # ~1 min: fewer repeats, 2-layer model for the step
     python benchmarks/bench_c3a.py --threads 1
     python benchmarks/bench_c3a.py --device cuda   # GPU only
