@@ -1,16 +1,19 @@
 """C3A speed and memory: our block-circular operator vs PEFT's and vs LoRA r=8.
 
-    python benchmarks/bench_c3a.py            # ~70 s on 2 idle CPU cores (several times longer under load)
+    python benchmarks/bench_c3a.py            # ~90 s on 2 idle CPU cores (several times longer under load)
     python benchmarks/bench_c3a.py --quick    # ~1 min: fewer repeats, 2-layer model for the step
     python benchmarks/bench_c3a.py --threads 1
     python benchmarks/bench_c3a.py --device cuda   # GPU only
 
 1. Operator, forward+backward at RoBERTa-base shapes (x: 16 x 128 x 768, requires_grad):
    ours and PEFT's `BlockCircularConvolution` at b=1 (p=768) and b=6 (p=128), and LoRA r=8
-   (x @ A^T @ B^T). Variants run interleaved, round by round, so load drift on a shared
-   machine hits all alike; median (and min) over rounds after warmup.
+   (x @ A^T @ B^T); and ours b=6 with two kernels on one input in one `block_circular_shared`
+   call (query and value, as the layers run them), timed per kernel. Variants run
+   interleaved, round by round, so load drift on a shared machine hits all alike; median
+   (and min) over rounds after warmup.
 2. Training step of RoBERTa-base (random weights, batch 8 x 128, AdamW) with C3A b=6 on
-   query/value (our layer) vs PEFT LoRA r=8 on query/value, classifier trained in both.
+   query/value, applied as `run.py method=c3a_b6` does (`apply_method`: our layers, query and
+   value linked by `share_inputs`), vs PEFT LoRA r=8 on query/value, classifier trained in both.
    Time: both models in one process, steps alternating (c3a, lora, c3a, ...) after a warmup
    step each; the ratio is the median of per-round ratios, robust to load drift.
    Memory: each variant in a fresh subprocess. Its warmup step records the unique
@@ -40,54 +43,67 @@ sys.path.insert(0, str(ROOT))
 
 from peft.tuners.c3a.utils import BlockCircularConvolution  # noqa: E402
 
-from c3a.circular import block_circular  # noqa: E402
+from c3a.circular import block_circular, block_circular_shared  # noqa: E402
 
 HIDDEN = 768
 OP_TOKENS = 16 * 128  # operator benchmark: x = 16 x 128 x 768
 
 
-def op_variants(device: str) -> dict[str, Callable[[], None]]:
-    """Forward+backward closures at RoBERTa-base shapes; grads reset each call."""
+SHARED = "ours b=6, q+v in one call (per kernel)"
+
+
+def op_variants(device: str) -> dict[str, tuple[Callable[[], None], int]]:
+    """Forward+backward closures at RoBERTa-base shapes and the kernels each call computes;
+    grads reset each call."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(OP_TOKENS // 128, 128, HIDDEN, generator=gen).to(device).requires_grad_()
-    g = torch.randn(OP_TOKENS // 128, 128, HIDDEN, generator=gen).to(device)
+    g = torch.randn(2, OP_TOKENS // 128, 128, HIDDEN, generator=gen).to(device)
     a = torch.randn(8, HIDDEN, generator=gen).to(device).requires_grad_()
     b = torch.randn(HIDDEN, 8, generator=gen).to(device).requires_grad_()
 
     def lora() -> None:
         x.grad = a.grad = b.grad = None
-        (x @ a.T @ b.T).backward(g)
+        (x @ a.T @ b.T).backward(g[0])
 
     def c3a(fn: Callable, p: int) -> Callable[[], None]:
         w = torch.randn(HIDDEN // p, HIDDEN // p, p, generator=gen).to(device).requires_grad_()
 
         def run() -> None:
             x.grad = w.grad = None
-            fn(x, w).backward(g)
+            fn(x, w).backward(g[0])
+        return run
+
+    def shared(p: int) -> Callable[[], None]:  # query and value as `share_inputs` links them
+        ws = torch.randn(2, HIDDEN // p, HIDDEN // p, p, generator=gen).to(device).requires_grad_()
+
+        def run() -> None:
+            x.grad = ws.grad = None
+            torch.autograd.backward(block_circular_shared(x, list(ws)), list(g))
         return run
 
     return {
-        "LoRA r=8": lora,
-        "ours b=1 (p=768)": c3a(block_circular, 768),
-        "PEFT b=1 (p=768)": c3a(BlockCircularConvolution.apply, 768),
-        "ours b=6 (p=128)": c3a(block_circular, 128),
-        "PEFT b=6 (p=128)": c3a(BlockCircularConvolution.apply, 128),
+        "LoRA r=8": (lora, 1),
+        "ours b=1 (p=768)": (c3a(block_circular, 768), 1),
+        "PEFT b=1 (p=768)": (c3a(BlockCircularConvolution.apply, 768), 1),
+        "ours b=6 (p=128)": (c3a(block_circular, 128), 1),
+        "PEFT b=6 (p=128)": (c3a(BlockCircularConvolution.apply, 128), 1),
+        SHARED: (shared(128), 2),
     }
 
 
 def time_ops(device: str, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Milliseconds per forward+backward, variants interleaved round by round."""
+    """Milliseconds per forward+backward and kernel, variants interleaved round by round."""
     fns = op_variants(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(warmup + rounds):
-        for name, fn in fns.items():
+        for name, (fn, kernels) in fns.items():
             sync()
             t = time.perf_counter()
             fn()
             sync()
             if r >= warmup:
-                times[name].append((time.perf_counter() - t) * 1e3)
+                times[name].append((time.perf_counter() - t) * 1e3 / kernels)
     return times
 
 
@@ -96,7 +112,8 @@ def op_table(times: dict[str, list[float]]) -> list[str]:
     rows = ["| variant | median ms | min ms | vs PEFT (speedup) | vs LoRA r=8 (time ratio) |",
             "|---|---|---|---|---|"]
     for name, v in times.items():
-        peft = med[name.replace("ours", "PEFT")] / med[name] if name.startswith("ours") else None
+        twin = name.replace("ours", "PEFT")
+        peft = med[twin] / med[name] if name.startswith("ours") and twin in med else None
         rows.append(f"| {name} | {med[name]:.2f} | {min(v):.2f} | "
                     f"{f'{peft:.1f}x' if peft else ''} | {med[name] / med['LoRA r=8']:.2f}x |")
     return rows
@@ -121,12 +138,9 @@ def make_step(variant: str, device: str, layers: int, batch: int, seq: int) -> t
         from peft import LoraConfig, get_peft_model
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0,
                                                  target_modules=["query", "value"], task_type="SEQ_CLS"))
-    else:
-        from c3a.c3a_layer import C3ALinear
-        from c3a.modules import replace_linears
-        model.requires_grad_(False)
-        replace_linears(model, ["query", "value"], lambda lin: C3ALinear(lin, HIDDEN // 6))
-        model.classifier.requires_grad_(True)
+    else:  # as `python run.py method=c3a_b6` applies it (query and value share one operator call)
+        from c3a.methods import apply_method
+        model = apply_method(model, "c3a", target_modules=["query", "value"], blocks=6).model
     model.to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     gen = torch.Generator().manual_seed(1)
@@ -215,11 +229,11 @@ def step_table(device: str, layers: int, batch: int, seq: int, rounds: int, op_m
              f"{mem[v]['saved_mb']:.0f} |" for v, name in VARIANTS.items()]
     ratio = {k: mem["c3a"][k] / mem["lora"][k] for k in ("peak_mb", "saved_mb")}
     # the models differ only in their 2 * layers adapters: the operator table predicts the gap
-    extra = 2 * layers * (op_ms["ours b=6 (p=128)"] - op_ms["LoRA r=8"]) * batch * seq / OP_TOKENS / 1e3
+    extra = 2 * layers * (op_ms[SHARED] - op_ms["LoRA r=8"]) * batch * seq / OP_TOKENS / 1e3
     rows += ["", f"C3A / LoRA: step time {paired:.3f}x (median of per-round ratios; target <= 1.05x), "
                  f"{peak} {ratio['peak_mb']:.3f}x, saved activations {ratio['saved_mb']:.3f}x (target <= 1.0x)."]
     if device == "cpu":  # CUDA operator times at OP_TOKENS are launch-bound: they do not scale with tokens
-        rows.append(f"Predicted from the operator table: {2 * layers} adapters x (ours b=6 - LoRA) scaled to "
+        rows.append(f"Predicted from the operator table: {2 * layers} adapters x (ours b=6 shared - LoRA) scaled to "
                     f"{batch * seq} tokens = {extra:+.3f} s per step, i.e. {1 + extra / med['lora']:.3f}x.")
     return rows
 
@@ -248,7 +262,7 @@ def main() -> None:
         print(f"Operator forward+backward, {device}, x = {OP_TOKENS // 128} x 128 x {HIDDEN} ({rounds} rounds):\n",
               *op_table(op_times), "", sep="\n", flush=True)
         op_ms = {k: statistics.median(v) for k, v in op_times.items()}
-        layers, rounds = (2, 2) if args.quick else (12, 4 if device == "cpu" else 20)
+        layers, rounds = (2, 2) if args.quick else (12, 6 if device == "cpu" else 20)
         batch, seq = (8, 128) if device == "cpu" else (64, 256)
         print(*step_table(device, layers, batch, seq, rounds, op_ms), "", sep="\n", flush=True)
 

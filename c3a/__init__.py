@@ -1,14 +1,15 @@
 """Adapters for GLUE fine-tuning, usable without Hydra.
 
-- `block_circular(x, w)`: the C3A operator `x @ C(w)^T` with exact gradients.
+- `block_circular(x, w)`: the C3A operator `x @ C(w)^T` with exact gradients
+  (`block_circular_shared(x, kernels)`: several kernels on one input, in one call).
 - `C3ALinear`, `GivensLinear`: layers wrapping a frozen `nn.Linear` (C3A; qGOFT/GOFT).
 - `apply_method(model, kind, ...)`: the one interface through which every method (own,
   PEFT-backed, BitFit, full) is applied to a model.
 - `export_peft(model, dir)`: a trained C3A adapter in PEFT's format.
 """
 
-from c3a.c3a_layer import C3ALinear, c3a_state_dict, load_c3a_state_dict
-from c3a.circular import block_circular, circulant_matrix
+from c3a.c3a_layer import C3ALinear, SharedInput, c3a_state_dict, load_c3a_state_dict, share_inputs
+from c3a.circular import block_circular, block_circular_shared, circulant_matrix
 from c3a.givens import GivensLinear, givens_pairs, givens_state_dict, load_givens_state_dict
 from c3a.methods import METHODS, Adapted, apply_method
 from c3a.peft_export import export_peft
@@ -18,8 +19,10 @@ __all__ = [
     "Adapted",
     "C3ALinear",
     "GivensLinear",
+    "SharedInput",
     "apply_method",
     "block_circular",
+    "block_circular_shared",
     "c3a_state_dict",
     "circulant_matrix",
     "export_peft",
@@ -27,4 +30,5 @@ __all__ = [
     "givens_state_dict",
     "load_c3a_state_dict",
     "load_givens_state_dict",
+    "share_inputs",
 ]

@@ -2,18 +2,22 @@
 
 `y = base(x) + x @ C(w)^T / d_in`, with C(w) the block-circulant matrix of the kernel w of
 shape (d_out/p, d_in/p, p) (see docs/METHODS.md, "C3A", and `c3a.circular`).
+
+`share_inputs(model)` links C3A layers that read the same input (query and value of an
+attention block) so that their deltas are computed in one operator call (`SharedInput`).
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import torch
 from torch import Tensor, nn
 
-from c3a.circular import block_circular, circulant_matrix
+from c3a.circular import block_circular, block_circular_shared, circulant_matrix
 
-__all__ = ["INITS", "C3ALinear", "c3a_state_dict", "load_c3a_state_dict"]
+__all__ = ["INITS", "C3ALinear", "SharedInput", "c3a_state_dict", "load_c3a_state_dict", "share_inputs"]
 
 INITS = ("xavier_uniform", "zeros", "gaussian", "kaiming_uniform")
 KERNEL_SUFFIX = "c3a_kernel"
@@ -48,6 +52,7 @@ class C3ALinear(nn.Module):
         self.block_size = block_size
         self.reference_grad = reference_grad
         self.merged = False
+        self.shared_input: SharedInput | None = None
         self.c3a_kernel = nn.Parameter(
             torch.zeros(d_out // block_size, d_in // block_size, block_size,
                         dtype=torch.float32, device=base_layer.weight.device)
@@ -94,13 +99,68 @@ class C3ALinear(nn.Module):
         out = self.base_layer(x)
         if self.merged:
             return out
-        # C(w)/d_in = C(w/d_in): scaling the tiny kernel is cheaper than scaling the output
-        delta = block_circular(x, self.c3a_kernel / x.shape[-1], self.reference_grad)
+        delta = self.shared_input.delta(self, x) if self.shared_input else block_circular(
+            x, self.scaled_kernel(), self.reference_grad)
         return out + delta.to(out.dtype)
+
+    def scaled_kernel(self) -> Tensor:
+        """w / d_in: C(w)/d_in = C(w/d_in), and scaling the tiny kernel is cheaper than the output."""
+        return self.c3a_kernel / self.base_layer.in_features
 
     def extra_repr(self) -> str:
         m, n, p = self.c3a_kernel.shape
         return f"block_size={p}, blocks=({m}, {n}), merged={self.merged}"
+
+
+class SharedInput:
+    """C3A layers that read the same input tensor, e.g. query and value of one attention block.
+
+    The first member called with x computes every unmerged member's delta in one
+    `block_circular_shared` call (one FFT of x, one saved spectrum, one inverse FFT for the
+    input gradient) and keeps the others' until they are called with that same tensor. A
+    member called with another input leaves the group and computes alone from then on, so
+    linking layers that do not share their input costs one wasted delta, never a wrong one.
+    """
+
+    def __init__(self, layers: list[C3ALinear]) -> None:
+        self.layers = layers
+        self._pending: dict[int, tuple[Tensor, int, Tensor]] = {}  # id(layer) -> (x, x's version, delta)
+
+    def delta(self, layer: C3ALinear, x: Tensor) -> Tensor:
+        version = 0 if x.is_inference() else x._version  # inference tensors have no version counter
+        pending = self._pending.pop(id(layer), None)
+        if pending is not None:
+            if pending[0] is x and pending[1] == version:
+                return pending[2]
+            self.layers.remove(layer)
+            layer.shared_input = None
+            return block_circular(x, layer.scaled_kernel(), layer.reference_grad)
+        members = [m for m in self.layers if not m.merged]
+        deltas = block_circular_shared(x, [m.scaled_kernel() for m in members], layer.reference_grad)
+        self._pending = {id(m): (x, version, d) for m, d in zip(members, deltas) if m is not layer}
+        return deltas[members.index(layer)]
+
+    def __getstate__(self) -> dict:
+        # copies and pickles of the model never carry a pending delta (a non-leaf tensor)
+        return {"layers": self.layers, "_pending": {}}
+
+
+def share_inputs(model: nn.Module) -> list[SharedInput]:
+    """Link the C3A layers that are children of one module and have the same input width,
+    block size and gradient mode (query and value of each attention block); returns the groups.
+    """
+    groups = []
+    for parent in model.modules():
+        siblings = defaultdict(list)
+        for child in parent.children():
+            if isinstance(child, C3ALinear) and child.shared_input is None:
+                siblings[(child.base_layer.in_features, child.block_size, child.reference_grad)].append(child)
+        for layers in siblings.values():
+            if len(layers) > 1:
+                groups.append(SharedInput(layers))
+                for layer in layers:
+                    layer.shared_input = groups[-1]
+    return groups
 
 
 def c3a_state_dict(model: nn.Module) -> dict[str, Tensor]:

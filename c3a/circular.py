@@ -12,12 +12,14 @@ only on request (`reference_grad=True`) for comparisons with published numbers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.fft import irfft, rfft
 
-__all__ = ["block_circular", "circulant_matrix"]
+__all__ = ["block_circular", "block_circular_shared", "circulant_matrix"]
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -84,65 +86,79 @@ def _conj_gram(a: Tensor, b: Tensor, rows: int | None = None) -> Tensor:
 
 
 class _BlockCircular(torch.autograd.Function):
-    """x (..., n*p) -> x @ C(w)^T (..., m*p), computed and differentiated in the frequency domain.
+    """x (..., n*p) -> one x @ C(w)^T per kernel w (m_i, n, p), in the frequency domain.
 
     Per frequency f the forward is Y_f = X_f K_f with K_f[j, i] = conj(W_ij[f]); the kernel
-    gradient is conj(G_f)^T X_f and the input gradient G_f W_f. One block per side (n = m = 1,
-    C3A "b=1") needs no mixing, only a broadcast multiply, done in place.
+    gradient is conj(G_f)^T X_f and the input gradient G_f W_f. Kernels reading the same
+    input are stacked along the output side (M = sum m_i), so the input costs one FFT in the
+    forward and one mixing product and one inverse FFT in the backward, whatever the number
+    of kernels (query and value of an attention block, see `c3a.c3a_layer.SharedInput`).
+    One block per input (n = 1, C3A "b=1") needs no mixing, only broadcast products.
 
-    Saves the caller's x, not its spectrum: query and value read the same hidden states, so
-    saving x costs one tensor per transformer layer (as LoRA, which saves x too), whereas a
-    spectrum would be one per adapted layer (+5.7 % saved activations for RoBERTa-base C3A
-    b=6, see docs/benchmarks_c3a.md). The backward recomputes rfft(x) instead.
+    Saves the input's spectrum (frequency-major when n > 1), not x: the backward then needs
+    neither an FFT of x nor a transpose. In float32 the spectrum is (p + 2) / p times the size
+    of x, so shared kernels save about what LoRA does (x, once); bf16/fp16 inputs save twice
+    their own size.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, reference_grad: bool) -> Tensor:  # type: ignore[override]
-        m, n, p = w.shape
-        dtype = _compute_dtype(x, w)
-        w_f = rfft(w.to(dtype))  # (m, n, F)
+    def forward(ctx, x: Tensor, reference_grad: bool, *kernels: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        n, p = kernels[0].shape[1:]
+        ms = [w.shape[0] for w in kernels]
+        dtype = _compute_dtype(x, *kernels)
+        w_f = rfft(torch.cat([w.to(dtype) for w in kernels]))  # (M, n, F)
         x_f = rfft(x.to(dtype).reshape(-1, n, p))  # (T, n, F)
-        if m == n == 1:
-            y = irfft(x_f.mul_(w_f[0, 0].conj()), n=p)
+        if n == 1:
+            ys = [irfft(x_f * w[:, 0].conj(), n=p) for w in w_f.split(ms)]  # (T, m_i, p) each
         else:
-            y = _irfft_freq_major(_mix(_freq_major(x_f), w_f.conj().permute(2, 1, 0)), p)
-        ctx.save_for_backward(x, w_f)
-        ctx.reference_grad = reference_grad
-        ctx.w_dtype = w.dtype
-        return y.reshape(*x.shape[:-1], m * p)
+            x_f = _freq_major(x_f)  # (F, T, n)
+            ys = [_irfft_freq_major(y, p) for y in _mix(x_f, w_f.conj().permute(2, 1, 0)).split(ms, dim=2)]
+        ctx.save_for_backward(x_f, w_f)
+        ctx.meta = (x.shape, x.dtype, [w.dtype for w in kernels], ms, reference_grad)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no FFT of zeros
+        return tuple(y.reshape(*x.shape[:-1], m * p) for y, m in zip(ys, ms))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        x, w_f = ctx.saved_tensors
-        m, n, _ = w_f.shape
-        p = x.shape[-1] // n
+    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x_f, w_f = ctx.saved_tensors
+        shape, x_dtype, w_dtypes, ms, reference_grad = ctx.meta
+        n = w_f.shape[1]
+        p = shape[-1] // n
         dtype = w_f.real.dtype
-        g_f = rfft(grad_out.to(dtype).reshape(-1, m, p))  # (T, m, F)
-        need_x, need_w = ctx.needs_input_grad[:2]
-        grad_x = grad_w = None
+        need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:])
+
+        def spectrum(g: Tensor, m: int) -> Tensor:  # (T, m, F)
+            return rfft(g.to(dtype).reshape(-1, m, p))
+
         # exact input gradient: dx_j = irfft(sum_i G_i W_ij); PEFT's: irfft(sum_i conj(G_i) W_ij)
-        if m == n == 1:
-            if need_w:
-                x_f = rfft(x.to(dtype).reshape(-1, 1, p))
-                grad_w = irfft(x_f.mul_(g_f.conj()).sum(0, keepdim=True), n=p)
+        if n == 1:  # per kernel, in place on its own gradient spectrum: no mixing, no copies
+            grad_w, grad_x = torch.zeros_like(w_f), None  # (M, 1, F); (T, 1, F)
+            for g, w, gw in zip(grads, w_f.split(ms), grad_w.split(ms)):
+                if g is None:
+                    continue
+                g = spectrum(g, w.shape[0])
+                if need_w:
+                    gw[:, 0] = (g.conj() * x_f).sum(0)
+                if need_x:
+                    g = g.conj() * w[:, 0] if reference_grad else g.mul_(w[:, 0])
+                    g = g.sum(1, keepdim=True) if g.shape[1] > 1 else g
+                    grad_x = g if grad_x is None else grad_x.add_(g)
             if need_x:
-                w0 = w_f[0, 0]
-                grad_x = irfft(g_f.conj() * w0 if ctx.reference_grad else g_f.mul_(w0), n=p)
+                grad_x = irfft(torch.zeros_like(x_f) if grad_x is None else grad_x, n=p)
         else:
-            g_fm = _freq_major(g_f)  # (F, T, m)
-            if need_w:
-                x_fm = _freq_major(rfft(x.to(dtype).reshape(-1, n, p)))
-                grad_w = irfft(_conj_gram(g_fm, x_fm).permute(1, 2, 0), n=p)
-            if need_x:
-                # reference: conj(G) @ W = conj(G @ conj(W))
-                w_k = (w_f.conj() if ctx.reference_grad else w_f).permute(2, 0, 1)  # (F, m, n)
-                grad_x = _irfft_freq_major(_mix(g_fm, w_k), p, conj=ctx.reference_grad)
-        if grad_x is not None:
-            grad_x = grad_x.reshape(x.shape).to(x.dtype)
-        if grad_w is not None:
-            grad_w = grad_w.to(ctx.w_dtype)
-        return grad_x, grad_w, None
+            g_f = x_f.new_empty(*x_f.shape[:2], sum(ms))  # (F, T, M)
+            for g, part in zip(grads, g_f.split(ms, dim=2)):
+                part.zero_() if g is None else part.copy_(spectrum(g, part.shape[2]).permute(2, 0, 1))
+            grad_w = _conj_gram(g_f, x_f).permute(1, 2, 0) if need_w else None  # (M, n, F)
+            if need_x:  # reference: conj(G) @ W = conj(G @ conj(W))
+                w_k = (w_f.conj() if reference_grad else w_f).permute(2, 0, 1)  # (F, M, n)
+                grad_x = _irfft_freq_major(_mix(g_f, w_k), p, conj=reference_grad)
+        grad_x = grad_x.reshape(shape).to(x_dtype) if need_x else None
+        grad_ws = [None] * len(ms)
+        if need_w:
+            grad_ws = [g.to(d) for g, d in zip(irfft(grad_w, n=p).split(ms), w_dtypes)]
+        return grad_x, None, *grad_ws
 
 
 def block_circular(x: Tensor, w: Tensor, reference_grad: bool = False) -> Tensor:
@@ -152,15 +168,24 @@ def block_circular(x: Tensor, w: Tensor, reference_grad: bool = False) -> Tensor
     `reference_grad=True` reproduces PEFT's input gradient, which is wrong for p >= 3 (kept
     only to compare with results obtained with PEFT); the kernel gradient is exact either way.
     """
-    if w.dim() != 3:
-        raise ValueError(f"kernel must have shape (m, n, p), got {tuple(w.shape)}")
-    _, n, p = w.shape
+    return block_circular_shared(x, [w], reference_grad)[0]
+
+
+def block_circular_shared(x: Tensor, kernels: Sequence[Tensor], reference_grad: bool = False) -> tuple[Tensor, ...]:
+    """`block_circular(x, w)` for every w in `kernels` (shapes (m_i, n, p), same n and p), in
+    one operator: the input's FFT, the input gradient's mixing and inverse FFT and the saved
+    spectrum are shared, so two kernels cost much less than two calls."""
+    if not kernels or any(w.dim() != 3 for w in kernels):
+        raise ValueError(f"kernels must have shape (m, n, p), got {[tuple(w.shape) for w in kernels]}")
+    _, n, p = kernels[0].shape
+    if any(w.shape[1:] != (n, p) for w in kernels):
+        raise ValueError(f"kernels sharing an input need the same (n, p), got {[tuple(w.shape) for w in kernels]}")
     if x.dim() == 0 or x.shape[-1] != n * p:
         raise ValueError(f"input last dim must be n*p = {n}*{p} = {n * p}, got shape {tuple(x.shape)}")
     if x.numel() == 0:  # MKL rejects empty FFTs; the dense product is free here
-        dtype = _compute_dtype(x, w)
-        return x.to(dtype) @ circulant_matrix(w.to(dtype)).T
-    return _BlockCircular.apply(x, w, reference_grad)
+        dtype = _compute_dtype(x, *kernels)
+        return tuple(x.to(dtype) @ circulant_matrix(w.to(dtype)).T for w in kernels)
+    return _BlockCircular.apply(x, reference_grad, *kernels)
 
 
 def circulant_matrix(w: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from c3a.c3a_layer import C3ALinear
+from c3a.c3a_layer import C3ALinear, share_inputs
 from c3a.givens import GivensLinear
 from c3a.modules import replace_linears
 
@@ -78,6 +78,7 @@ def _c3a(
         return C3ALinear(linear, p, init=init, reference_grad=reference_grad)
 
     replace_linears(model, target_modules, wrap)
+    share_inputs(model)  # query and value read the same hidden states: one operator call per block
     return model
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -11,8 +12,9 @@ from peft import C3AConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModelForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 
-from c3a.c3a_layer import C3ALinear, c3a_state_dict, load_c3a_state_dict
+from c3a.c3a_layer import C3ALinear, c3a_state_dict, load_c3a_state_dict, share_inputs
 from c3a.circular import circulant_matrix
+from c3a.methods import apply_method
 from c3a.modules import replace_linears
 from c3a.peft_export import export_peft
 
@@ -133,6 +135,75 @@ def test_merge_unmerge_round_trip() -> None:
     assert not layer.merged
     torch.testing.assert_close(layer.base_layer.weight, original, rtol=0, atol=1e-6)
     torch.testing.assert_close(layer(x), unmerged)
+
+
+def loss_and_grads(model: nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(5)  # same dropout masks in both models
+    loss = model(input_ids=IDS, labels=torch.tensor([0, 1, 1])).loss
+    loss.backward()
+    return loss.detach(), [p.grad for p in model.parameters() if p.requires_grad]
+
+
+def test_shared_input_equals_separate_layers() -> None:
+    """query and value linked by share_inputs: one operator call per block, same loss and grads."""
+    separate = adapt(tiny_roberta())
+    train_a_little(separate)
+    linked = copy.deepcopy(separate)
+    groups = share_inputs(linked)
+    assert [len(g.layers) for g in groups] == [2, 2]
+    loss_s, grads_s = loss_and_grads(separate)
+    loss_l, grads_l = loss_and_grads(linked)
+    torch.testing.assert_close(loss_l, loss_s, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads_l, grads_s):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-10)
+    assert all(not g._pending for g in groups)  # every delta computed ahead was taken
+    assert all(len(g.layers) == 2 for g in groups)
+
+
+def test_shared_input_in_any_call_order_and_a_member_reading_another_input_leaves() -> None:
+    torch.manual_seed(6)
+    block = nn.ModuleDict({"a": nn.Linear(24, 24), "b": nn.Linear(24, 12)})
+    for name in ("a", "b"):
+        block[name] = C3ALinear(block[name], 6, init="gaussian")
+    (group,) = share_inputs(block)
+
+    def expected(name: str, x: torch.Tensor) -> torch.Tensor:
+        layer = block[name]
+        return layer.base_layer(x) + x @ circulant_matrix(layer.c3a_kernel).T / 24
+
+    x, h = torch.randn(3, 24), torch.randn(3, 24)
+    for order in (["b", "a"], ["a", "b"]):  # one shared call, computed by whichever comes first
+        for name in order:
+            torch.testing.assert_close(block[name](x), expected(name, x), rtol=1e-5, atol=1e-6)
+        assert not group._pending and len(group.layers) == 2
+    for _ in range(2):  # b now reads h: it leaves the group and computes alone
+        torch.testing.assert_close(block["a"](x), expected("a", x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(block["b"](h), expected("b", h), rtol=1e-5, atol=1e-6)
+        assert group.layers == [block["a"]] and block["b"].shared_input is None
+
+
+def test_shared_input_skips_merged_members_and_survives_deepcopy() -> None:
+    model = adapt(tiny_roberta())
+    train_a_little(model)
+    expected = logits(model)
+    share_inputs(model)
+    attention = model.roberta.encoder.layer[0].attention.self
+    attention.value.merge()
+    torch.testing.assert_close(logits(model), expected, rtol=1e-5, atol=1e-5)
+    attention.value.unmerge()
+    attention.query(torch.randn(2, HIDDEN))  # leaves value's delta pending
+    twin = copy.deepcopy(model)  # a pending non-leaf tensor would make deepcopy fail
+    assert not twin.roberta.encoder.layer[0].attention.self.query.shared_input._pending
+    torch.testing.assert_close(logits(twin), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_apply_method_links_query_and_value() -> None:
+    model = apply_method(tiny_roberta(), "c3a", target_modules=["query", "value"], block_size=P).model
+    for layer in model.roberta.encoder.layer:
+        attention = layer.attention.self
+        assert attention.query.shared_input is attention.value.shared_input is not None
 
 
 def test_delta_weight_matches_peft() -> None:

@@ -12,7 +12,7 @@ from peft.tuners.c3a.utils import BlockCircularConvolution, get_circulant_fast
 from transformers import BertConfig, BertModel
 
 from c3a.c3a_layer import C3ALinear
-from c3a.circular import block_circular, circulant_matrix
+from c3a.circular import block_circular, block_circular_shared, circulant_matrix
 from c3a.modules import replace_linears
 
 
@@ -88,6 +88,52 @@ def test_forward_and_gradients_match_dense_float64(m: int, n: int, p: int, lead:
     assert_close_rel(y, y_ref)
     assert_close_rel(x.grad, gx_ref)
     assert_close_rel(w.grad, gw_ref)
+
+
+@pytest.mark.parametrize("ms,n,p", [((1, 1), 1, 5), ((2, 1, 3), 1, 12), ((6, 6), 6, 128), ((1, 3, 2), 3, 5),
+                                    ((2, 2), 1, 768)])
+@pytest.mark.parametrize("unused", [None, 1])
+def test_shared_kernels_match_dense_float64(ms: tuple[int, ...], n: int, p: int, unused: int | None) -> None:
+    """Several kernels on one input, in one call: each output and every gradient equals its own
+    dense float64 product; an output that takes no part in the loss gives its kernel a zero
+    gradient and the input gradient only the others' terms."""
+    torch.manual_seed(7)
+    x = torch.randn(3, 4, n * p, requires_grad=True)
+    ws = [torch.randn(m, n, p, requires_grad=True) for m in ms]
+    gs = [torch.randn(3, 4, m * p) for m in ms]
+    ys = block_circular_shared(x, ws)
+    used = [i for i in range(len(ms)) if i != unused]
+    torch.autograd.backward([ys[i] for i in used], [gs[i] for i in used])
+    gx_ref = torch.zeros(x.shape, dtype=torch.float64)
+    for i, (y, w, g) in enumerate(zip(ys, ws, gs)):
+        y_ref, gx_i, gw_ref = float64_grads(x, w, g)
+        assert y.shape == (3, 4, ms[i] * p)
+        assert_close_rel(y, y_ref)
+        if i == unused:
+            assert torch.equal(w.grad, torch.zeros_like(w))
+        else:
+            assert_close_rel(w.grad, gw_ref)
+            gx_ref += gx_i
+    assert_close_rel(x.grad, gx_ref)
+
+
+@pytest.mark.parametrize("n,p", [(1, 12), (2, 6)])
+def test_shared_kernels_reference_grad_equals_separate_calls(n: int, p: int) -> None:
+    torch.manual_seed(8)
+    x = torch.randn(5, n * p, requires_grad=True)
+    ws = [torch.randn(m, n, p, requires_grad=True) for m in (2, 1)]
+    gs = [torch.randn(5, m * p) for m in (2, 1)]
+    shared = torch.autograd.grad(block_circular_shared(x, ws, reference_grad=True), (x, *ws), gs)
+    separate = torch.autograd.grad([block_circular(x, w, reference_grad=True) for w in ws], (x, *ws), gs)
+    for a, b in zip(shared, separate):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_shared_kernels_need_one_input_shape() -> None:
+    with pytest.raises(ValueError, match="same \\(n, p\\)"):
+        block_circular_shared(torch.randn(5, 12), [torch.randn(2, 3, 4), torch.randn(2, 2, 6)])
+    with pytest.raises(ValueError, match="m, n, p"):
+        block_circular_shared(torch.randn(5, 12), [])
 
 
 @pytest.mark.parametrize("m,n,p", [(2, 3, 5), (1, 1, 12)])
