@@ -2,7 +2,8 @@
 
 RoBERTa-base shape (random weights), batch 8 x 128, CPU. Every variant lives in its own
 worker subprocess (so its memory is its own); the parent asks the workers for one step at
-a time, round-robin, so load from other processes on the machine hits all variants alike.
+a time, round-robin, so load from other processes on the machine hits all variants alike;
+"x LoRA" is the median over rounds of a variant's step time over LoRA's in the same round.
 The dense-R references run afterwards, one at a time (memory), with fewer steps (slow).
 
     python benchmarks/bench_qgoft.py [--quick]
@@ -12,7 +13,8 @@ Variants
 - qgoft, goft:   `c3a.givens.GivensLinear` on the six linears of every block.
 - wgrad-floor:   no adapter, but the six linears' weights require grad (no optimizer step
                  on them): the weight-gradient GEMMs dL/dW = g^T x that any method adapting
-                 W itself pays and LoRA does not. qGOFT's time minus this is its own overhead.
+                 W itself pays and LoRA does not: the floor of qGOFT with its stages on W
+                 (our earlier version); ours rotates the activations and does not pay it.
 - qgoft-denseR:  the same layer with R materialized: R (d x d) built by the library's own
                  O(d^2) stage kernel, then W R^T by a GEMM. The cheapest dense-R form.
 - qgoft-authors: R built the authors' way, a dense d x d product stage by stage with sparse
@@ -188,19 +190,20 @@ def run(variants: list[str], warmup: int, steps: int, threads: int) -> dict[str,
     for v in variants:
         stats = ask(v, "stats")
         procs[v].wait()
-        results[v] = {**stats, "median_s": statistics.median(times[v]), "times": times[v]}
+        results[v] = {**stats, "median_s": statistics.median(times[v]), "times": times[v],
+                      "paired": len(variants) > 1}
     return results
 
 
 def table(results: dict[str, dict]) -> str:
     lora = results["lora"]
     lora_mem = lora["peak_mib"] - lora["before_mib"]
-    lines = ["| variant | trainable params (no head) | step median (s) | x LoRA | peak RSS - RSS before (MiB) "
+    lines = ["| variant | trainable params (no head) | step median (s) | x LoRA (paired) | peak RSS - RSS before (MiB) "
              "| x LoRA | peak RSS (MiB) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for v, r in results.items():
         mem = r["peak_mib"] - r["before_mib"]
-        lines.append(f"| {v} | {r['params']:,} | {r['median_s']:.2f} | {r['median_s'] / lora['median_s']:.2f} "
+        lines.append(f"| {v} | {r['params']:,} | {r['median_s']:.2f} | {ratio(r, lora):.2f} "
                      f"| {mem:,.0f} | {mem / lora_mem:.2f} | {r['peak_mib']:,.0f} |")
     lines.append("")
     for v in DENSE & results.keys():
@@ -209,6 +212,14 @@ def table(results: dict[str, dict]) -> str:
     lines.append("\nstep times (s): " + "; ".join(f"{v} " + " ".join(f"{t:.2f}" for t in r["times"])
                                                 for v, r in results.items()))
     return "\n".join(lines)
+
+
+def ratio(r: dict, lora: dict) -> float:
+    """Step time relative to LoRA: the median of per-round ratios for variants timed round-robin
+    with it (steps of one round are adjacent, so load drift cancels); else a ratio of medians."""
+    if len(r["times"]) == len(lora["times"]) and r.get("paired"):
+        return statistics.median(t / lo for t, lo in zip(r["times"], lora["times"]))
+    return r["median_s"] / lora["median_s"]
 
 
 def main() -> None:
@@ -223,14 +234,14 @@ def main() -> None:
         return
     if not {"lora", "qgoft"} <= set(args.variants):
         parser.error("the table is relative to lora and qgoft: keep them in --variants")
-    warmup, steps, dense_steps = (1, 2, 1) if args.quick else (2, 6, 2)
+    warmup, steps, dense_steps = (1, 2, 1) if args.quick else (2, 10, 2)
     start = time.perf_counter()
     results = run([v for v in args.variants if v not in DENSE], warmup, steps, args.threads)
     for v in args.variants:
         if v in DENSE:
             results |= run([v], 1, dense_steps, args.threads)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, "
-          f"RoBERTa-base, batch 8 x 128, AdamW; medians of {steps} steps after {warmup} warmup "
+          f"RoBERTa-base, batch 8 x 128, AdamW; {steps} steps after {warmup} warmup, round-robin "
           f"({dense_steps} after 1 for the dense-R references); total {time.perf_counter() - start:.0f} s\n")
     print(table(results))
 

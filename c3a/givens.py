@@ -5,18 +5,20 @@ stages of disjoint 2x2 blocks (docs METHODS.md, "qGOFT / GOFT"). GOFT constrains
 to a rotation by `pi * tanh(phi)`; qGOFT learns the four entries freely and is pulled
 towards orthogonality by `regularizer()`.
 
-The rotation is applied to the frozen weight, never to the activations, so its cost is
-O(d_out * d_in) per step whatever the number of tokens: `W' = W R^T` mixes the columns of
-W exactly as `P` mixes the coordinates of x. Stage r only touches the columns that are
-multiples of 2^(r-1) ("nodes"); the second column of each pair never takes part again, so
-the stages shrink by half and the whole product costs about two passes over W. The work
-is done on W^T, whose rows are W's columns: a stage's pairs are then adjacent rows, and a
-stage is one batched (2 x 2) @ (2 x d_out) matmul.
+In training the rotation is applied to the activations: `F.linear(x R, W, bias)`. Applied
+to the frozen weight instead (`W' = W R^T`, cost independent of the number of tokens), it
+needs dL/dW' = g^T x, a full extra T x d_in x d_out GEMM per layer that alone makes a
+RoBERTa-base training step 1.33x LoRA's (docs/benchmarks_qgoft.md). On the activations R's
+structure makes x R cheap: stages 1..log2(s) act inside aligned groups of s coordinates, so
+their product B is block diagonal; the later stages only touch the coordinates 0, s, 2s, ...,
+so their product C is a small (d/s x d/s) rotation. `x R = (x C) B` is then one batched GEMM
+with s x s blocks (s = 32: 1/24 of the layer's own GEMM at d_out = 768) and a product on d/s
+columns. B and C are built from the 2x2 blocks with autograd (d*s + (d/s)^2 entries); the
+d x d R is never formed in training. `merge()` applies the stages to W^T, stage by stage.
 
-Precision: the rotation runs in float32 for bf16/fp16 base weights (in the weight's own
-dtype when wider) and W' is cast back to the base dtype once, so the log2(d_in) roundings
-of the stages do not compound in half precision. At init (identity blocks) W' == W
-exactly in every dtype.
+Precision: x R is computed in float32 for bf16/fp16 bases (in the weight's own dtype when
+wider) and cast to the base dtype once before the base GEMM, so the log2(d_in) stage
+roundings never happen in half precision. At init (identity blocks) B, C and x R are exact.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 VARIANTS = ("qgoft", "goft")
 
@@ -67,73 +69,150 @@ def _rows(weight: Tensor, dtype: torch.dtype) -> Tensor:
     return out.copy_(weight.t())
 
 
-def _rotate_rows(rows: Tensor, blocks: Tensor, stages: Stages) -> tuple[Tensor, list[Tensor]]:
-    """Apply the stages to the rows of `rows` (= the columns of W), stage 1 first.
+def _rotate_rows(rows: Tensor, blocks: Tensor, stages: Stages) -> Tensor:
+    """R @ rows: apply the stages to the rows of `rows` (d, N), stage 1 first.
 
     `cur` holds the nodes still in play (rows 0, s, 2s, ... of the input); a pair's two
     nodes are adjacent in it, and its second node, once mixed, is final: it is written
-    straight to its row of the output (rows s, 3s, 5s, ... for step s). Returns the rotated
-    rows and each stage's input pairs, shaped (cnt, 2, d_out), for the backward pass.
+    straight to its row of the output (rows s, 3s, 5s, ... for step s).
     """
-    out, inputs, cur, off = torch.empty_like(rows), [], rows, 0
+    out, cur, off = torch.empty_like(rows), rows, 0
     for r, (cnt, carry) in enumerate(stages):
         step = 2**r
         pairs = cur[: 2 * cnt].unflatten(0, (cnt, 2))  # a view, no copy
         mixed = torch.matmul(blocks[off : off + cnt], pairs)  # [a'; b'] = G [a; b] for every pair
         out[step : 2 * cnt * step : 2 * step] = mixed[:, 1]
-        inputs.append(pairs)
         cur = torch.cat((mixed[:, 0], cur[2 * cnt :])) if carry else mixed[:, 0]
         off += cnt
     out[0] = cur[0]
-    return out, inputs
+    return out
+
+
+FINE = 32  # width of the diagonal blocks that carry the first log2(FINE) stages (see `_factors`)
+
+
+def _factors(blocks: Tensor, d: int, cap: int = FINE) -> tuple[Tensor, Tensor]:
+    """R = C B, as B's diagonal blocks (d/s, s, s) and C restricted to the coordinates
+    0, s, 2s, ... (d/s, d/s), where s is the largest power of two dividing d, at most `cap`.
+
+    Stages 1..log2(s) pair coordinates inside aligned groups of s, so their product B is
+    block diagonal; the later stages only touch multiples of s, so their product C is the
+    identity elsewhere and, on those d/s coordinates, the rotation of width d/s. Both are
+    built from the blocks with autograd: d*s + (d/s)^2 entries, never the d x d R.
+    """
+    s = min(d & -d, cap)
+    nb, fine, off = d // s, [], 0
+    for cnt, _ in _stages(d)[: s.bit_length() - 1]:
+        fine.append(blocks[off : off + cnt].view(nb, cnt // nb, 2, 2))  # pairs of group b are contiguous
+        off += cnt
+    return _diag_blocks(fine, blocks.new_ones(nb, s, 1)), _rotation(blocks[off:], nb)
+
+
+def _rotation(blocks: Tensor, d: int) -> Tensor:
+    """The dense R (d x d) of `blocks`, for C's small widths: R = C B again, recursively,
+    with B's blocks as wide as d allows; stage by stage (`_rotate_rows`) when d is odd."""
+    if d % 2:
+        return _rotate_rows(torch.eye(d, dtype=blocks.dtype, device=blocks.device), blocks, _stages(d))
+    diag, coarse = _factors(blocks, d, cap=d)
+    s = diag.shape[-1]
+    b = torch.block_diag(*diag)
+    return b.index_copy(0, torch.arange(0, d, s, device=b.device), coarse @ b[::s])  # C acts on rows 0, s, ...
+
+
+@functools.cache
+def _diag_index(s: int) -> Tensor:
+    """Flat positions in an s x s block of the values `_diag_blocks` produces, in its order:
+    row 0, then per stage r the retired rows c 2^r + 2^(r-1), each on columns c 2^r ..."""
+    index, width = [range(s)], 1
+    while width < s:
+        width *= 2
+        index += [range((c + width // 2) * s + c, (c + width // 2) * s + c + width) for c in range(0, s, width)]
+    return torch.tensor([i for part in index for i in part])
+
+
+def _diag_blocks(fine: list[Tensor], top: Tensor) -> Tensor:
+    """B's diagonal blocks (nb, s, s) from the fine stages' blocks, stage r as (nb, s/2^r, 2, 2);
+    `top` is ones (nb, s, 1) in the blocks' dtype: each coordinate alone before stage 1.
+
+    Inside a group only the first node of a pair stays in play, so B's row 0 (`top`) is a
+    running product and every other row is final when its node retires: the row retired at
+    stage r spans its pair's 2^r coordinates, [g10 * left top, g11 * right top]. One broadcast
+    product per stage, then one scatter into place: a few small ops, whatever d is.
+    """
+    (nb, s, _), rows = top.shape, []
+    for g in fine:
+        cnt, half = g.shape[1], top.shape[-1]
+        mixed = (g.unsqueeze(-1) * top.view(nb, cnt, 1, 2, half)).flatten(-2)  # (nb, cnt, 2, 2 half)
+        rows.append(mixed[:, :, 1].flatten(1))
+        top = mixed[:, :, 0]
+    values = torch.cat([top.flatten(1), *rows], 1)
+    index = _diag_index(s).to(values.device).expand(nb, -1)
+    return values.new_zeros(nb, s * s).scatter(1, index, values).view(nb, s, s)
+
+
+def _block_mm(a: Tensor, diag: Tensor) -> Tensor:
+    """a (T, d) times the block-diagonal matrix with blocks `diag` (d/s, s, s), as one bmm on
+    strided views of a and of the (T, d) output (no copies)."""
+    t, (nb, s, _) = a.shape[0], diag.shape
+    out = a.new_empty(t, nb * s)
+    torch.bmm(a.view(t, nb, s).transpose(0, 1), diag, out=out.view(t, nb, s).transpose(0, 1))
+    return out
+
+
+def _coarse(x: Tensor, coarse: Tensor) -> Tensor:
+    """x C, a copy of x whose columns 0, s, 2s, ... are mixed by `coarse`."""
+    out = x.clone()
+    s = x.shape[1] // coarse.shape[0]
+    out[:, ::s] = x[:, ::s] @ coarse
+    return out
 
 
 class _GivensLinearFn(torch.autograd.Function):
-    """`F.linear(x, W R^T, bias)` with a hand-written backward.
+    """`F.linear(x R, W, bias)` with R = C B built from the 2x2 blocks (`_factors`).
 
-    Autograd through the stages would keep W' and every stage's input alive until the
-    backward pass (about three copies of W per layer); this recomputes them instead (about
-    two cheap passes over W), so the layer saves only its input, like a plain linear.
+    The factors are built without autograd in the forward and again, with it, in the
+    backward, and x C is recomputed there too: the layer saves only its input and the blocks,
+    like a plain linear. (A graph of small saved tensors per layer would also pin holes
+    in the allocator's heap between the large activations: +35 % peak RSS in a step.)
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None, blocks: Tensor,
-                stages: Stages) -> Tensor:
-        rotated_t, _ = _rotate_rows(_rows(weight, blocks.dtype), blocks, stages)  # (W R^T)^T
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None, blocks: Tensor) -> Tensor:
+        diag, coarse = _factors(blocks, x.shape[-1])
+        u = _block_mm(_coarse(x.reshape(-1, x.shape[-1]).to(blocks.dtype), coarse), diag)
         ctx.save_for_backward(x, weight, blocks)
-        ctx.stages = stages
-        return F.linear(x, rotated_t.t().to(weight.dtype), bias)
+        return F.linear(u.to(weight.dtype), weight, bias).view(*x.shape[:-1], -1)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, blocks = ctx.saved_tensors
-        stages: Stages = ctx.stages
-        need_x, need_w, need_b, need_blocks = ctx.needs_input_grad[:4]
-        rotated_t, inputs = _rotate_rows(_rows(weight, blocks.dtype), blocks, stages)
-        grad2 = grad.reshape(-1, grad.shape[-1])
+        need_x, need_w, need_b, need_blocks = ctx.needs_input_grad
+        with torch.enable_grad():
+            blocks = blocks.detach().requires_grad_(need_blocks)
+            diag, coarse = _factors(blocks, x.shape[-1])
+        g2 = grad.reshape(-1, grad.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1]).to(blocks.dtype)
+        (nb, s, _), t = diag.shape, x2.shape[0]
         grad_x = grad_w = grad_b = grad_blocks = None
-        if need_x:
-            grad_x = (grad2 @ rotated_t.t().to(grad.dtype)).view(x.shape).to(x.dtype)
         if need_b:
-            grad_b = grad2.sum(0)
-        if need_w or need_blocks:
-            # dL/d(W R^T)^T, then back through the stages, last first.
-            x2 = x.reshape(-1, x.shape[-1]).to(grad.dtype)
-            grad_rows = (x2.t() @ grad2).to(blocks.dtype)
-            grad_cur, grads, off = grad_rows[:1], [], blocks.shape[0]
-            for r in reversed(range(len(stages))):
-                cnt, carry = stages[r]
-                step, off = 2**r, off - cnt
-                retired = grad_rows[step : 2 * cnt * step : 2 * step]
-                grad_mixed = torch.stack((grad_cur[:cnt], retired), 1)  # (cnt, 2, d_out)
-                grads.append(grad_mixed @ inputs[r].transpose(1, 2))
-                if r or need_w:  # stage 1's input is W itself: only needed for its gradient
-                    grad_pairs = (blocks[off : off + cnt].transpose(1, 2) @ grad_mixed).flatten(0, 1)
-                    grad_cur = torch.cat((grad_pairs, grad_cur[cnt:])) if carry else grad_pairs
-            grad_blocks = torch.cat(grads[::-1])
-            if need_w:
-                grad_w = grad_cur.t().to(weight.dtype)
-        return grad_x, grad_w, grad_b, grad_blocks, None
+            grad_b = g2.sum(0)
+        xc = _coarse(x2, coarse.detach()) if need_w or need_blocks else None
+        if need_w:
+            grad_w = (g2.t() @ _block_mm(xc, diag.detach()).to(g2.dtype)).to(weight.dtype)
+        if need_x or need_blocks:
+            gu = (g2 @ weight.to(g2.dtype)).to(blocks.dtype)  # dL/du, u = (x C) B
+            g_xc = _block_mm(gu, diag.detach().transpose(1, 2))  # dL/d(x C)
+            if need_blocks:  # dL/dB_b = (x C)_b^T dL/du_b, dL/dC = x_idx^T dL/d(x C)_idx
+                grad_diag = torch.bmm(xc.view(t, nb, s).permute(1, 2, 0), gu.view(t, nb, s).transpose(0, 1))
+                grad_coarse = x2[:, ::s].t() @ g_xc[:, ::s]
+                built = [(f, g) for f, g in ((diag, grad_diag), (coarse, grad_coarse)) if f.requires_grad]
+                outputs, grads = zip(*built)  # the fine part always has a stage when d is even; C may be 1 x 1
+                grad_blocks = torch.autograd.grad(outputs, blocks, grads)[0]
+            if need_x:
+                g_xc[:, ::s] = g_xc[:, ::s] @ coarse.detach().t()
+                grad_x = g_xc.view(x.shape).to(x.dtype)
+        return grad_x, grad_w, grad_b, grad_blocks
 
 
 class GivensLinear(nn.Module):
@@ -176,7 +255,7 @@ class GivensLinear(nn.Module):
             return self.base_layer(x)
         weight = self.base_layer.weight
         blocks = self.rotation_blocks().to(_compute_dtype(weight.dtype))
-        return _GivensLinearFn.apply(x, weight, self.base_layer.bias, blocks, self._stages)
+        return _GivensLinearFn.apply(x, weight, self.base_layer.bias, blocks)
 
     def regularizer(self) -> Tensor:
         """qGOFT's soft orthogonality penalty, sum over pairs of (g00 g01 + g10 g11)^2.
@@ -193,14 +272,14 @@ class GivensLinear(nn.Module):
         """The dense d_in x d_in R (tests and inspection only; training never builds it)."""
         blocks = self.rotation_blocks()
         eye = torch.eye(self.base_layer.in_features, dtype=blocks.dtype, device=blocks.device)
-        return _rotate_rows(eye, blocks, self._stages)[0]  # (I R^T)^T = R
+        return _rotate_rows(eye, blocks, self._stages)  # R I
 
     @torch.no_grad()
     def rotated_weight(self) -> Tensor:
         """W R^T in the base weight's dtype."""
         weight = self.base_layer.weight
         blocks = self.rotation_blocks().to(_compute_dtype(weight.dtype))
-        return _rotate_rows(_rows(weight, blocks.dtype), blocks, self._stages)[0].t().to(weight.dtype)
+        return _rotate_rows(_rows(weight, blocks.dtype), blocks, self._stages).t().to(weight.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:

@@ -90,7 +90,7 @@ def test_stage_structure() -> None:
 
 
 @pytest.mark.parametrize("variant", ["qgoft", "goft"])
-@pytest.mark.parametrize(("d", "d_out"), [(12, 7), (13, 7), (768, 7), (3072, 3)])
+@pytest.mark.parametrize(("d", "d_out"), [(2, 3), (12, 7), (13, 7), (64, 5), (768, 7), (1024, 3), (3072, 3)])
 def test_matches_dense_reference(d: int, d_out: int, variant: str) -> None:
     torch.manual_seed(d)
     layer = GivensLinear(nn.Linear(d, d_out, dtype=F64), variant)
