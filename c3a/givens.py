@@ -173,7 +173,7 @@ class _GivensLinearFn(torch.autograd.Function):
     The factors are built without autograd in the forward and again, with it, in the
     backward, and x C is recomputed there too: the layer saves only its input and the blocks,
     like a plain linear. (A graph of small saved tensors per layer would also pin holes
-    in the allocator's heap between the large activations: +35 % peak RSS in a step.)
+    in the allocator's heap between the large activations: +35 % peak RSS over 3 steps.)
     """
 
     @staticmethod
