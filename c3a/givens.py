@@ -120,14 +120,14 @@ def _rotation(blocks: Tensor, d: int) -> Tensor:
 
 
 @functools.cache
-def _diag_index(s: int) -> Tensor:
+def _diag_index(s: int, device: torch.device) -> Tensor:
     """Flat positions in an s x s block of the values `_diag_blocks` produces, in its order:
     row 0, then per stage r the retired rows c 2^r + 2^(r-1), each on columns c 2^r ..."""
     index, width = [range(s)], 1
     while width < s:
         width *= 2
         index += [range((c + width // 2) * s + c, (c + width // 2) * s + c + width) for c in range(0, s, width)]
-    return torch.tensor([i for part in index for i in part])
+    return torch.tensor([i for part in index for i in part], device=device)  # cached per device
 
 
 def _diag_blocks(fine: list[Tensor], top: Tensor) -> Tensor:
@@ -146,7 +146,7 @@ def _diag_blocks(fine: list[Tensor], top: Tensor) -> Tensor:
         rows.append(mixed[:, :, 1].flatten(1))
         top = mixed[:, :, 0]
     values = torch.cat([top.flatten(1), *rows], 1)
-    index = _diag_index(s).to(values.device).expand(nb, -1)
+    index = _diag_index(s, values.device).expand(nb, -1)
     return values.new_zeros(nb, s * s).scatter(1, index, values).view(nb, s, s)
 
 
