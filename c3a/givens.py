@@ -98,7 +98,7 @@ def _factors(blocks: Tensor, d: int, cap: int = FINE) -> tuple[Tensor, Tensor]:
     Stages 1..log2(s) pair coordinates inside aligned groups of s, so their product B is
     block diagonal; the later stages only touch multiples of s, so their product C is the
     identity elsewhere and, on those d/s coordinates, the rotation of width d/s. Both are
-    built from the blocks with autograd: d*s + (d/s)^2 entries, never the d x d R.
+    built from the blocks by differentiable ops: d*s + (d/s)^2 entries, never the d x d R.
     """
     s = min(d & -d, cap)
     nb, fine, off = d // s, [], 0
@@ -151,8 +151,9 @@ def _diag_blocks(fine: list[Tensor], top: Tensor) -> Tensor:
 
 
 def _block_mm(a: Tensor, diag: Tensor) -> Tensor:
-    """a (T, d) times the block-diagonal matrix with blocks `diag` (d/s, s, s), as one bmm on
-    strided views of a and of the (T, d) output (no copies)."""
+    """a (T, d) times the block-diagonal matrix with blocks `diag` (d/s, s, s): a bmm on strided
+    views of a and of the (T, d) output. torch runs it block by block for a strided output, with
+    no copies; a contiguous bmm output plus a transposing copy was no faster on CPU."""
     t, (nb, s, _) = a.shape[0], diag.shape
     out = a.new_empty(t, nb * s)
     torch.bmm(a.view(t, nb, s).transpose(0, 1), diag, out=out.view(t, nb, s).transpose(0, 1))
