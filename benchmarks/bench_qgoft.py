@@ -190,8 +190,7 @@ def run(variants: list[str], warmup: int, steps: int, threads: int) -> dict[str,
     for v in variants:
         stats = ask(v, "stats")
         procs[v].wait()
-        results[v] = {**stats, "median_s": statistics.median(times[v]), "times": times[v],
-                      "paired": len(variants) > 1}
+        results[v] = {**stats, "median_s": statistics.median(times[v]), "times": times[v]}
     return results
 
 
@@ -203,7 +202,7 @@ def table(results: dict[str, dict]) -> str:
              "|---|---:|---:|---:|---:|---:|---:|"]
     for v, r in results.items():
         mem = r["peak_mib"] - r["before_mib"]
-        lines.append(f"| {v} | {r['params']:,} | {r['median_s']:.2f} | {ratio(r, lora):.2f} "
+        lines.append(f"| {v} | {r['params']:,} | {r['median_s']:.2f} | {ratio(v, r, lora):.2f} "
                      f"| {mem:,.0f} | {mem / lora_mem:.2f} | {r['peak_mib']:,.0f} |")
     lines.append("")
     for v in DENSE & results.keys():
@@ -214,12 +213,13 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def ratio(r: dict, lora: dict) -> float:
+def ratio(variant: str, r: dict, lora: dict) -> float:
     """Step time relative to LoRA: the median of per-round ratios for variants timed round-robin
-    with it (steps of one round are adjacent, so load drift cancels); else a ratio of medians."""
-    if len(r["times"]) == len(lora["times"]) and r.get("paired"):
-        return statistics.median(t / lo for t, lo in zip(r["times"], lora["times"]))
-    return r["median_s"] / lora["median_s"]
+    with it (steps of one round are adjacent, so load drift cancels); a ratio of medians for the
+    dense-R references, which run alone afterwards."""
+    if variant in DENSE:
+        return r["median_s"] / lora["median_s"]
+    return statistics.median(t / lo for t, lo in zip(r["times"], lora["times"]))
 
 
 def main() -> None:

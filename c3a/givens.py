@@ -13,8 +13,8 @@ structure makes x R cheap: stages 1..log2(s) act inside aligned groups of s coor
 their product B is block diagonal; the later stages only touch the coordinates 0, s, 2s, ...,
 so their product C is a small (d/s x d/s) rotation. `x R = (x C) B` is then one batched GEMM
 with s x s blocks (s = 32: 1/24 of the layer's own GEMM at d_out = 768) and a product on d/s
-columns. B and C are built from the 2x2 blocks with autograd (d*s + (d/s)^2 entries); the
-d x d R is never formed in training. `merge()` applies the stages to W^T, stage by stage.
+columns. B and C are built from the 2x2 blocks by differentiable ops (d*s + (d/s)^2
+entries); the d x d R is never formed in training. `merge()` applies the stages to W^T, stage by stage.
 
 Precision: x R is computed in float32 for bf16/fp16 bases (in the weight's own dtype when
 wider) and cast to the base dtype once before the base GEMM, so the log2(d_in) stage
@@ -192,18 +192,19 @@ class _GivensLinearFn(torch.autograd.Function):
         with torch.enable_grad():
             blocks = blocks.detach().requires_grad_(need_blocks)
             diag, coarse = _factors(blocks, x.shape[-1])
+        b, c = diag.detach(), coarse.detach()  # their values, for the products below
         g2 = grad.reshape(-1, grad.shape[-1])
         x2 = x.reshape(-1, x.shape[-1]).to(blocks.dtype)
-        (nb, s, _), t = diag.shape, x2.shape[0]
+        (nb, s, _), t = b.shape, x2.shape[0]
         grad_x = grad_w = grad_b = grad_blocks = None
         if need_b:
             grad_b = g2.sum(0)
-        xc = _coarse(x2, coarse.detach()) if need_w or need_blocks else None
+        xc = _coarse(x2, c) if need_w or need_blocks else None
         if need_w:
-            grad_w = (g2.t() @ _block_mm(xc, diag.detach()).to(g2.dtype)).to(weight.dtype)
+            grad_w = (g2.t() @ _block_mm(xc, b).to(g2.dtype)).to(weight.dtype)
         if need_x or need_blocks:
             gu = (g2 @ weight.to(g2.dtype)).to(blocks.dtype)  # dL/du, u = (x C) B
-            g_xc = _block_mm(gu, diag.detach().transpose(1, 2))  # dL/d(x C)
+            g_xc = _block_mm(gu, b.transpose(1, 2))  # dL/d(x C)
             if need_blocks:  # dL/dB_b = (x C)_b^T dL/du_b, dL/dC = x_idx^T dL/d(x C)_idx
                 grad_diag = torch.bmm(xc.view(t, nb, s).permute(1, 2, 0), gu.view(t, nb, s).transpose(0, 1))
                 grad_coarse = x2[:, ::s].t() @ g_xc[:, ::s]
@@ -211,7 +212,7 @@ class _GivensLinearFn(torch.autograd.Function):
                 outputs, grads = zip(*built)  # the fine part always has a stage when d is even; C may be 1 x 1
                 grad_blocks = torch.autograd.grad(outputs, blocks, grads)[0]
             if need_x:
-                g_xc[:, ::s] = g_xc[:, ::s] @ coarse.detach().t()
+                g_xc[:, ::s] = g_xc[:, ::s] @ c.t()
                 grad_x = g_xc.view(x.shape).to(x.dtype)
         return grad_x, grad_w, grad_b, grad_blocks
 
