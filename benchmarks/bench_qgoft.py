@@ -12,18 +12,22 @@ Variants
 - lora:          PEFT LoRA r=8, alpha 8 on query, value.
 - qgoft, goft:   `c3a.givens.GivensLinear` on the six linears of every block.
 - wgrad-floor:   no adapter, but the six linears' weights require grad (no optimizer step
-                 on them): the weight-gradient GEMMs dL/dW = g^T x that any method adapting
-                 W itself pays and LoRA does not: the floor of qGOFT with its stages on W
-                 (our earlier version); ours rotates the activations and does not pay it.
+                 on them): the weight-gradient GEMMs dL/dW = g^T x that any method
+                 differentiating through W' = W R^T pays and LoRA does not (our session-2
+                 layer, the dense-R forms). Ours forms W R^T in the forward but takes the
+                 gradient on the activations, and does not pay it.
 - qgoft-denseR:  the same layer with R materialized: R (d x d) built by the library's own
-                 O(d^2) stage kernel, then W R^T by a GEMM. The cheapest dense-R form.
+                 construction (`rotation_matrix`), then W R^T by a GEMM. The cheapest dense-R form.
+
+Then, per layer: the extra forward time of one GivensLinear (768 -> 768) over its plain
+linear at several token counts. The stages act on W, so it should not grow with the tokens.
 - qgoft-authors: R built the authors' way, a dense d x d product stage by stage with sparse
                  matmuls, then W R^T by a GEMM. Only when named in --variants: one step
                  takes minutes (torch's sparse-matmul backward forms a dense d x d x d product).
 
 Memory: peak RSS (ru_maxrss) of the worker minus its RSS after building the model and
 optimizer, before the first step: the training working set (activations, gradients,
-optimizer state, temporaries). glibc is told to keep freed memory (MALLOC_MMAP_THRESHOLD_,
+optimizer state, temporaries). glibc is told to keep freed memory in every process (MALLOC_MMAP_THRESHOLD_,
 MALLOC_TRIM_THRESHOLD_): by default every large tensor is a fresh mmap whose page faults
 cost this VM more than the arithmetic (a 10 MB copy: 4.7 ms vs 0.55 ms), which would time
 the kernel rather than the method. Retained memory is reused, so the peak stays the peak.
@@ -56,6 +60,7 @@ SIX = ["query", "key", "value", "attention.output.dense", "intermediate.dense", 
 DEFAULT = ["lora", "qgoft", "goft", "wgrad-floor", "qgoft-denseR"]
 VARIANTS = [*DEFAULT, "qgoft-authors"]
 DENSE = {"qgoft-denseR", "qgoft-authors"}
+KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**32)}  # glibc, see "Memory"
 REG_LAMBDA = 0.01  # qGOFT's regularizer is part of its training step
 
 
@@ -160,8 +165,7 @@ def worker(variant: str, threads: int) -> None:
 
 def run(variants: list[str], warmup: int, steps: int, threads: int) -> dict[str, dict]:
     """Time `steps` training steps (after `warmup`) of every variant, round-robin."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**32),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     procs = {v: subprocess.Popen([sys.executable, __file__, "--worker", v, "--threads", str(threads)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
              for v in variants}
@@ -222,6 +226,31 @@ def ratio(variant: str, r: dict, lora: dict) -> float:
     return statistics.median(t / lo for t, lo in zip(r["times"], lora["times"]))
 
 
+def forward_overhead(threads: int, tokens: tuple[int, ...] = (128, 1024, 8192), reps: int = 50) -> str:
+    """Extra forward time (ms) of a qGOFT layer over its base linear, per token count: the
+    two are timed alternately and the extra is the median of the per-pair differences."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    base = nn.Linear(768, 768)
+    layer = GivensLinear(base, "qgoft")
+    lines = ["| tokens | base linear (ms) | qGOFT layer (ms) | extra (ms) |", "|---:|---:|---:|---:|"]
+    with torch.no_grad():
+        layer.givens_blocks.add_(0.01 * torch.randn_like(layer.givens_blocks))
+        for t in tokens:
+            x = torch.randn(t, 768)
+            base(x), layer(x)  # warm-up
+            ms = {base: [], layer: []}
+            for _ in range(reps):
+                for f in ms:
+                    start = time.perf_counter()
+                    f(x)
+                    ms[f].append(1e3 * (time.perf_counter() - start))
+            extra = statistics.median(b - a for a, b in zip(ms[base], ms[layer], strict=True))
+            lines.append(f"| {t:,} | {statistics.median(ms[base]):.2f} | {statistics.median(ms[layer]):.2f} "
+                         f"| {extra:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (about a minute and a half)")
@@ -229,6 +258,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=DEFAULT)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != KEEP_FREED["MALLOC_MMAP_THRESHOLD_"]:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_FREED})  # see "Memory"
     if args.worker:
         worker(args.worker, args.threads)
         return
@@ -244,6 +275,8 @@ def main() -> None:
           f"RoBERTa-base, batch 8 x 128, AdamW; {steps} steps after {warmup} warmup, round-robin "
           f"({dense_steps} after 1 for the dense-R references); total {time.perf_counter() - start:.0f} s\n")
     print(table(results))
+    print("\nForward of one layer, 768 -> 768, no grad (medians of 50 alternating calls):\n")
+    print(forward_overhead(args.threads))
 
 
 if __name__ == "__main__":

@@ -5,20 +5,23 @@ stages of disjoint 2x2 blocks (docs METHODS.md, "qGOFT / GOFT"). GOFT constrains
 to a rotation by `pi * tanh(phi)`; qGOFT learns the four entries freely and is pulled
 towards orthogonality by `regularizer()`.
 
-In training the rotation is applied to the activations: `F.linear(x R, W, bias)`. Applied
-to the frozen weight instead (`W' = W R^T`, cost independent of the number of tokens), it
-needs dL/dW' = g^T x, a full extra T x d_in x d_out GEMM per layer that alone makes a
-RoBERTa-base training step 1.33x LoRA's (docs/benchmarks_qgoft.md). On the activations R's
-structure makes x R cheap: stages 1..log2(s) act inside aligned groups of s coordinates, so
-their product B is block diagonal; the later stages only touch the coordinates 0, s, 2s, ...,
-so their product C is a small (d/s x d/s) rotation. `x R = (x C) B` is then one batched GEMM
-with s x s blocks (s = 32: 1/24 of the layer's own GEMM at d_out = 768) and a product on d/s
-columns. B and C are built from the 2x2 blocks by differentiable ops (d*s + (d/s)^2
-entries); the d x d R is never formed in training. `merge()` applies the stages to W^T, stage by stage.
+The forward applies the stages to the frozen weight, `F.linear(x, W R^T, bias)`: its extra
+cost is independent of the number of tokens. R's structure makes `W R^T` cheap:
+stages 1..log2(s) act inside aligned groups of s coordinates, so their product B is block
+diagonal; the later stages only touch the coordinates 0, s, 2s, ..., so their product C is
+a small (d/s x d/s) rotation. `R W^T = C (B W^T)` is one batched GEMM with s x s blocks
+(s = 32) and a product on d/s rows. B and C are built from the 2x2 blocks (d*s + (d/s)^2
+entries); the d x d R is never formed in training.
 
-Precision: x R is computed in float32 for bf16/fp16 bases (in the weight's own dtype when
-wider) and cast to the base dtype once before the base GEMM, so the log2(d_in) stage
-roundings never happen in half precision. At init (identity blocks) B, C and x R are exact.
+The backward works on the activations: the gradient of the blocks is a sum over tokens, so
+it cannot be token-independent, and taken through W' it would need dL/dW' = g^T x, a full
+T x d_in x d_out GEMM per layer (alone 1.27-1.34x a LoRA step, docs/benchmarks_qgoft.md).
+Instead u = g W (which the input gradient g W R^T = u R^T needs anyway) meets x C and x in
+s-wide blocks: 2 T d s flops per factor.
+
+Precision: W R^T and the backward's rotations run in float32 for bf16/fp16 bases (in the
+weight's own dtype when wider); W R^T is cast to the base dtype once, so the log2(d_in)
+stage roundings never happen in half precision. At init (identity blocks) it is exact.
 """
 
 from __future__ import annotations
@@ -61,12 +64,6 @@ def givens_pairs(d: int) -> list[tuple[Tensor, Tensor]]:
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
-
-
-def _rows(weight: Tensor, dtype: torch.dtype) -> Tensor:
-    """W^T as a contiguous tensor in `dtype` (one pass: transpose and cast together)."""
-    out = torch.empty(weight.shape[::-1], dtype=dtype, device=weight.device)
-    return out.copy_(weight.t())
 
 
 def _rotate_rows(rows: Tensor, blocks: Tensor, stages: Stages) -> Tensor:
@@ -168,21 +165,30 @@ def _coarse(x: Tensor, coarse: Tensor) -> Tensor:
     return out
 
 
+def _rotate_weight(weight: Tensor, blocks: Tensor) -> Tensor:
+    """W R^T in the blocks' dtype, as the transpose of R W^T = C (B W^T): B's blocks meet
+    W's column groups in one bmm that writes contiguously, then C mixes the rows 0, s, 2s, ...
+    d_out x d_in x 2s flops, whatever the number of tokens."""
+    diag, coarse = _factors(blocks, weight.shape[1])
+    (nb, s, _), d_out = diag.shape, weight.shape[0]
+    rows = torch.bmm(diag, weight.to(blocks.dtype).reshape(d_out, nb, s).permute(1, 2, 0)).view(-1, d_out)
+    rows[::s] = coarse @ rows[::s]
+    return rows.t()
+
+
 class _GivensLinearFn(torch.autograd.Function):
-    """`F.linear(x R, W, bias)` with R = C B built from the 2x2 blocks (`_factors`).
+    """`F.linear(x, W R^T, bias)` with R = C B built from the 2x2 blocks (`_factors`).
 
     The factors are built without autograd in the forward and again, with it, in the
-    backward, and x C is recomputed there too: the layer saves only its input and the blocks,
+    backward, where x C is recomputed too: the layer saves only its input and the blocks,
     like a plain linear. (A graph of small saved tensors per layer would also pin holes
     in the allocator's heap between the large activations: +35 % peak RSS over 3 steps.)
     """
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None, blocks: Tensor) -> Tensor:
-        diag, coarse = _factors(blocks, x.shape[-1])
-        u = _block_mm(_coarse(x.reshape(-1, x.shape[-1]).to(blocks.dtype), coarse), diag)
         ctx.save_for_backward(x, weight, blocks)
-        return F.linear(u.to(weight.dtype), weight, bias).view(*x.shape[:-1], -1)
+        return F.linear(x.to(weight.dtype), _rotate_weight(weight, blocks).to(weight.dtype), bias)
 
     @staticmethod
     @once_differentiable
@@ -237,7 +243,6 @@ class GivensLinear(nn.Module):
         self.merged = False
         self._original_weight: Tensor | None = None
         d, weight = base_layer.in_features, base_layer.weight
-        self._stages = _stages(d)
         factory = {"dtype": _compute_dtype(weight.dtype), "device": weight.device}
         if variant == "goft":
             self.givens_phi = nn.Parameter(torch.zeros(d - 1, **factory))
@@ -272,16 +277,14 @@ class GivensLinear(nn.Module):
 
     def rotation_matrix(self) -> Tensor:
         """The dense d_in x d_in R (tests and inspection only; training never builds it)."""
-        blocks = self.rotation_blocks()
-        eye = torch.eye(self.base_layer.in_features, dtype=blocks.dtype, device=blocks.device)
-        return _rotate_rows(eye, blocks, self._stages)  # R I
+        return _rotation(self.rotation_blocks(), self.base_layer.in_features)
 
     @torch.no_grad()
     def rotated_weight(self) -> Tensor:
         """W R^T in the base weight's dtype."""
         weight = self.base_layer.weight
         blocks = self.rotation_blocks().to(_compute_dtype(weight.dtype))
-        return _rotate_rows(_rows(weight, blocks.dtype), blocks, self._stages).t().to(weight.dtype)
+        return _rotate_weight(weight, blocks).to(weight.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -329,4 +332,3 @@ def load_givens_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> N
     if missing or unexpected:
         raise KeyError(f"Givens state dict mismatch: missing {missing}, unexpected {unexpected}")
     model.load_state_dict(state_dict, strict=False)
-
