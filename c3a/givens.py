@@ -66,85 +66,66 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _rotate_rows(rows: Tensor, blocks: Tensor, stages: Stages) -> Tensor:
-    """R @ rows: apply the stages to the rows of `rows` (d, N), stage 1 first.
-
-    `cur` holds the nodes still in play (rows 0, s, 2s, ... of the input); a pair's two
-    nodes are adjacent in it, and its second node, once mixed, is final: it is written
-    straight to its row of the output (rows s, 3s, 5s, ... for step s).
-    """
-    out, cur, off = torch.empty_like(rows), rows, 0
-    for r, (cnt, carry) in enumerate(stages):
-        step = 2**r
-        pairs = cur[: 2 * cnt].unflatten(0, (cnt, 2))  # a view, no copy
-        mixed = torch.matmul(blocks[off : off + cnt], pairs)  # [a'; b'] = G [a; b] for every pair
-        out[step : 2 * cnt * step : 2 * step] = mixed[:, 1]
-        cur = torch.cat((mixed[:, 0], cur[2 * cnt :])) if carry else mixed[:, 0]
-        off += cnt
-    out[0] = cur[0]
-    return out
-
-
 FINE = 32  # width of the diagonal blocks that carry the first log2(FINE) stages (see `_factors`)
 
 
-def _factors(blocks: Tensor, d: int, cap: int = FINE) -> tuple[Tensor, Tensor]:
+@functools.cache
+def _stage_index(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For the stages of width n as dense (n x n) matrices, stacked (L, n, n): the flat
+    positions of every pair's [aa, ab, ba, bb] entries in `givens_pairs` order, and the ones
+    on the diagonal of the coordinates a stage leaves alone. Cached per device."""
+    pairs = givens_pairs(n)
+    ident = torch.eye(n).repeat(len(pairs), 1, 1)
+    index = []
+    for r, (a, b) in enumerate(pairs):
+        ident[r, a, a] = ident[r, b, b] = 0
+        index.append(torch.stack((a * n + a, a * n + b, b * n + a, b * n + b), 1) + r * n * n)
+    flat = torch.cat(index).flatten() if index else torch.zeros(0, dtype=torch.long)
+    return flat.to(device), ident.to(device)
+
+
+def _stage_product(blocks: Tensor, n: int) -> Tensor:
+    """P_L ... P_1 for a batch of width-n rotations, blocks (batch, n - 1, 2, 2) -> (batch, n, n).
+
+    Each stage is one dense n x n matrix placed by a single scatter, then multiplied in
+    order: a few ops whatever n is, so cheap to differentiate at the small widths it gets
+    (B's s = 32, C's d/32; O(L n^3), meant for n up to a few hundred).
+    """
+    index, ident = _stage_index(n, blocks.device)
+    batch, stages = blocks.shape[0], ident.shape[0]
+    if not stages:  # n = 1
+        return blocks.new_ones(batch, 1, 1)
+    placed = blocks.new_zeros(batch, stages * n * n).index_copy(1, index, blocks.reshape(batch, -1))
+    first, *rest = (placed.view(batch, stages, n, n) + ident.to(blocks.dtype)).unbind(1)  # one backward op
+    for p in rest:
+        first = p @ first
+    return first
+
+
+def _factors(blocks: Tensor, d: int) -> tuple[Tensor, Tensor]:
     """R = C B, as B's diagonal blocks (d/s, s, s) and C restricted to the coordinates
-    0, s, 2s, ... (d/s, d/s), where s is the largest power of two dividing d, at most `cap`.
+    0, s, 2s, ... (d/s, d/s), where s is the largest power of two dividing d, at most FINE.
 
     Stages 1..log2(s) pair coordinates inside aligned groups of s, so their product B is
-    block diagonal; the later stages only touch multiples of s, so their product C is the
-    identity elsewhere and, on those d/s coordinates, the rotation of width d/s. Both are
-    built from the blocks by differentiable ops: d*s + (d/s)^2 entries, never the d x d R.
+    block diagonal, each block the full stage product of width s; the later stages only touch
+    multiples of s, so their product C is the identity elsewhere and, on those d/s
+    coordinates, the stage product of width d/s. d*s + (d/s)^2 entries, never the d x d R.
     """
-    s = min(d & -d, cap)
+    s = min(d & -d, FINE)
     nb, fine, off = d // s, [], 0
     for cnt, _ in _stages(d)[: s.bit_length() - 1]:
         fine.append(blocks[off : off + cnt].view(nb, cnt // nb, 2, 2))  # pairs of group b are contiguous
         off += cnt
-    return _diag_blocks(fine, blocks.new_ones(nb, s, 1)), _rotation(blocks[off:], nb)
+    diag = _stage_product(torch.cat(fine, 1) if fine else blocks.new_empty(nb, 0, 2, 2), s)  # s = 1: odd d
+    return diag, _stage_product(blocks[None, off:], nb)[0]
 
 
 def _rotation(blocks: Tensor, d: int) -> Tensor:
-    """The dense R (d x d) of `blocks`, for C's small widths: R = C B again, recursively,
-    with B's blocks as wide as d allows; stage by stage (`_rotate_rows`) when d is odd."""
-    if d % 2:
-        return _rotate_rows(torch.eye(d, dtype=blocks.dtype, device=blocks.device), blocks, _stages(d))
-    diag, coarse = _factors(blocks, d, cap=d)
+    """The dense R = C B (d x d), for inspection and tests."""
+    diag, coarse = _factors(blocks, d)
     s = diag.shape[-1]
     b = torch.block_diag(*diag)
     return b.index_copy(0, torch.arange(0, d, s, device=b.device), coarse @ b[::s])  # C acts on rows 0, s, ...
-
-
-@functools.cache
-def _diag_index(s: int, device: torch.device) -> Tensor:
-    """Flat positions in an s x s block of the values `_diag_blocks` produces, in its order:
-    row 0, then per stage r the retired rows c 2^r + 2^(r-1), each on columns c 2^r ..."""
-    index, width = [range(s)], 1
-    while width < s:
-        width *= 2
-        index += [range((c + width // 2) * s + c, (c + width // 2) * s + c + width) for c in range(0, s, width)]
-    return torch.tensor([i for part in index for i in part], device=device)  # cached per device
-
-
-def _diag_blocks(fine: list[Tensor], top: Tensor) -> Tensor:
-    """B's diagonal blocks (nb, s, s) from the fine stages' blocks, stage r as (nb, s/2^r, 2, 2);
-    `top` is ones (nb, s, 1) in the blocks' dtype: each coordinate alone before stage 1.
-
-    Inside a group only the first node of a pair stays in play, so B's row 0 (`top`) is a
-    running product and every other row is final when its node retires: the row retired at
-    stage r spans its pair's 2^r coordinates, [g10 * left top, g11 * right top]. One broadcast
-    product per stage, then one scatter into place: a few small ops, whatever d is.
-    """
-    (nb, s, _), rows = top.shape, []
-    for g in fine:
-        cnt, half = g.shape[1], top.shape[-1]
-        mixed = (g.unsqueeze(-1) * top.view(nb, cnt, 1, 2, half)).flatten(-2)  # (nb, cnt, 2, 2 half)
-        rows.append(mixed[:, :, 1].flatten(1))
-        top = mixed[:, :, 0]
-    values = torch.cat([top.flatten(1), *rows], 1)
-    index = _diag_index(s, values.device).expand(nb, -1)
-    return values.new_zeros(nb, s * s).scatter(1, index, values).view(nb, s, s)
 
 
 def _block_mm(a: Tensor, diag: Tensor) -> Tensor:
