@@ -211,6 +211,8 @@ class GivensLinear(nn.Module):
     variant "qgoft": a free 2x2 block per pair (`givens_blocks`, 4 (d_in - 1) values).
     Both start at the identity, so wrapping leaves the model's outputs unchanged. Every
     trainable parameter is named `givens_*` (the trainer excludes them from weight decay).
+    Fast when 32 divides d_in (every transformer width); otherwise C is a dense
+    d_in/s x d_in/s product each step, fine at small widths, slow for large odd ones.
     """
 
     def __init__(self, base_layer: nn.Linear, variant: str = "qgoft") -> None:
