@@ -35,15 +35,13 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 VARIANTS = ("qgoft", "goft")
 
-# One stage: (number of pairs, whether an odd node passes through unchanged).
-Stages = tuple[tuple[int, bool], ...]
-
 
 @functools.cache
-def _stages(d: int) -> Stages:
+def _stages(d: int) -> tuple[int, ...]:
+    """The number of pairs of each stage; an odd node count carries its last node on."""
     stages, cur = [], d
     while cur > 1:
-        stages.append((cur // 2, cur % 2 == 1))
+        stages.append(cur // 2)
         cur = cur // 2 + cur % 2
     return tuple(stages)
 
@@ -55,7 +53,7 @@ def givens_pairs(d: int) -> list[tuple[Tensor, Tensor]]:
     carries its last node to the next stage. There are d - 1 pairs in all.
     """
     pairs = []
-    for r, (cnt, _) in enumerate(_stages(d)):
+    for r, cnt in enumerate(_stages(d)):
         step = 2**r
         a = torch.arange(cnt) * 2 * step
         pairs.append((a, a + step))
@@ -80,8 +78,7 @@ def _stage_index(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     for r, (a, b) in enumerate(pairs):
         ident[r, a, a] = ident[r, b, b] = 0
         index.append(torch.stack((a * n + a, a * n + b, b * n + a, b * n + b), 1) + r * n * n)
-    flat = torch.cat(index).flatten() if index else torch.zeros(0, dtype=torch.long)
-    return flat.to(device), ident.to(device)
+    return torch.cat(index).flatten().to(device), ident.to(device)
 
 
 def _stage_product(blocks: Tensor, n: int) -> Tensor:
@@ -91,10 +88,11 @@ def _stage_product(blocks: Tensor, n: int) -> Tensor:
     order: a few ops whatever n is, so cheap to differentiate at the small widths it gets
     (B's s = 32, C's d/32; O(L n^3), meant for n up to a few hundred).
     """
-    index, ident = _stage_index(n, blocks.device)
-    batch, stages = blocks.shape[0], ident.shape[0]
-    if not stages:  # n = 1
+    batch = blocks.shape[0]
+    if n == 1:  # no stages
         return blocks.new_ones(batch, 1, 1)
+    index, ident = _stage_index(n, blocks.device)
+    stages = ident.shape[0]
     placed = blocks.new_zeros(batch, stages * n * n).index_copy(1, index, blocks.reshape(batch, -1))
     first, *rest = (placed.view(batch, stages, n, n) + ident.to(blocks.dtype)).unbind(1)  # one backward op
     for p in rest:
@@ -113,7 +111,7 @@ def _factors(blocks: Tensor, d: int) -> tuple[Tensor, Tensor]:
     """
     s = min(d & -d, FINE)
     nb, fine, off = d // s, [], 0
-    for cnt, _ in _stages(d)[: s.bit_length() - 1]:
+    for cnt in _stages(d)[: s.bit_length() - 1]:
         fine.append(blocks[off : off + cnt].view(nb, cnt // nb, 2, 2))  # pairs of group b are contiguous
         off += cnt
     diag = _stage_product(torch.cat(fine, 1) if fine else blocks.new_empty(nb, 0, 2, 2), s)  # s = 1: odd d
