@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaModel
 
 from c3a.givens import (
@@ -118,6 +120,34 @@ def test_matches_dense_reference(d: int, d_out: int, variant: str) -> None:
     torch.testing.assert_close(givens_param(layer).grad, param.grad, rtol=1e-9, atol=1e-10)
     if d == 13:
         torch.testing.assert_close(layer.rotation_matrix(), dense_R(d, blocks.detach()), rtol=1e-12, atol=1e-12)
+
+
+class RecordOps(TorchDispatchMode):
+    """Every aten op run inside the mode, with the shapes of its tensor arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, list[tuple[int, ...]]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.calls.append((str(func), [tuple(a.shape) for a in args if isinstance(a, Tensor)]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("variant", ["qgoft", "goft"])
+def test_forward_touches_the_tokens_only_in_the_base_gemm(variant: str) -> None:
+    """The stages act on W (the issue's "cost independent of the number of tokens"): in a
+    training forward the only op that reads a token-sized tensor is the layer's own GEMM."""
+    tokens = 1009  # a prime, so no block or stage shape equals it
+    layer = GivensLinear(nn.Linear(64, 16), variant)
+    randomize(layer)
+    x = torch.randn(1, tokens, 64, requires_grad=True)
+    with RecordOps() as record:
+        y = layer(x)
+    touching = {op for op, shapes in record.calls if any(tokens in shape for shape in shapes)}
+    assert "aten.addmm.default" in touching
+    assert touching <= {"aten.addmm.default", "aten.view.default", "aten._unsafe_view.default"}, touching
+    torch.testing.assert_close(y, F.linear(x, layer.rotated_weight(), layer.base_layer.bias))
 
 
 @pytest.mark.parametrize("variant", ["qgoft", "goft"])
