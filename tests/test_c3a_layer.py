@@ -156,8 +156,8 @@ def test_shared_input_equals_separate_layers() -> None:
     loss_s, grads_s = loss_and_grads(separate)
     loss_l, grads_l = loss_and_grads(linked)
     torch.testing.assert_close(loss_l, loss_s, rtol=1e-6, atol=1e-6)
-    for a, b in zip(grads_l, grads_s):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-10)
+    for a, b in zip(grads_l, grads_s):  # float32 in a different order: tolerance on each tensor's scale
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
     assert all(not g._pending for g in groups)  # every delta computed ahead was taken
     assert all(len(g.layers) == 2 for g in groups)
 
