@@ -18,19 +18,19 @@ Variants
                  gradient on the activations, and does not pay it.
 - qgoft-denseR:  the same layer with R materialized: R (d x d) built by the library's own
                  construction (`rotation_matrix`), then W R^T by a GEMM. The cheapest dense-R form.
-
-Then, per layer: the extra forward time of one GivensLinear (768 -> 768) over its plain
-linear at several token counts. The stages act on W, so it should not grow with the tokens.
 - qgoft-authors: R built the authors' way, a dense d x d product stage by stage with sparse
                  matmuls, then W R^T by a GEMM. Only when named in --variants: one step
                  takes minutes (torch's sparse-matmul backward forms a dense d x d x d product).
 
+Then, per layer: the extra forward time of one GivensLinear (768 -> 768) over its plain
+linear at several token counts. The stages act on W, so it should not grow with the tokens.
+
 Memory: peak RSS (ru_maxrss) of the worker minus its RSS after building the model and
 optimizer, before the first step: the training working set (activations, gradients,
-optimizer state, temporaries). glibc is told to keep freed memory in every process (MALLOC_MMAP_THRESHOLD_,
-MALLOC_TRIM_THRESHOLD_): by default every large tensor is a fresh mmap whose page faults
-cost this VM more than the arithmetic (a 10 MB copy: 4.7 ms vs 0.55 ms), which would time
-the kernel rather than the method. Retained memory is reused, so the peak stays the peak.
+optimizer state, temporaries). glibc is told to keep freed memory in every process
+(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_): by default every large tensor is a fresh
+mmap whose page faults cost this VM more than the arithmetic (a 10 MB copy: 4.7 ms vs
+0.55 ms), which would time the kernel rather than the method. Retained memory is reused, so the peak stays the peak.
 """
 
 from __future__ import annotations
