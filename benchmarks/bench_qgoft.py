@@ -30,7 +30,8 @@ optimizer, before the first step: the training working set (activations, gradien
 optimizer state, temporaries). glibc is told to keep freed memory in every process
 (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_): by default every large tensor is a fresh
 mmap whose page faults cost this VM more than the arithmetic (a 10 MB copy: 4.7 ms vs
-0.55 ms), which would time the kernel rather than the method. Retained memory is reused, so the peak stays the peak.
+0.55 ms), which would time the kernel rather than the method. Retained memory is reused,
+so the peak stays the peak.
 """
 
 from __future__ import annotations
