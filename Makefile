@@ -7,7 +7,7 @@ export GLUE_DIR
 endif
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 
-.PHONY: install demo test test-fast table2 lint bench
+.PHONY: install demo test test-fast table2 table-qgoft lint bench
 
 install:
 	@# keep an installed torch (e.g. a CUDA build); otherwise take the CPU 2.13 wheel
@@ -28,6 +28,9 @@ test-fast:
 
 table2:
 	$(PY) -m runners.table
+
+table-qgoft:
+	$(PY) -m runners.table --layout qgoft_glue
 
 lint:
 	ruff check .

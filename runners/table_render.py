@@ -1,61 +1,51 @@
-"""Formatting of the aggregated Table 2 (runners.table): Markdown, LaTeX (booktabs), comparison text."""
+"""Formatting of a filled table layout (runners.table_select.Table): Markdown, LaTeX, comparison.
+
+Markdown marks, per task column and model block, the best mean in bold and, with TIE_MARK,
+the cells whose difference from it has a 95% confidence interval over seeds that holds 0
+(runners.table_stats: paired t when both cells ran the same seeds, Welch otherwise; a cell
+with one seed is not tested). Cells whose setting a staged search chose carry STAGED_MARK
+in Markdown and LaTeX.
+"""
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from runners.table import TASKS
+from runners.errors import HarnessError
+from runners.table_layout import Column, Layout, tex_escape
+from runners.table_select import Table
+from runners.table_stats import difference
 
-TASK_NAMES = {"sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI", "rte": "RTE", "stsb": "STS-B"}
-MODEL_NAMES = {"roberta-base": "RoBERTa-base", "roberta-large": "RoBERTa-large", "minilm": "MiniLM-L6"}
-FIXED_LABELS = {"bitfit": "BitFit", "ia3": "(IA)$^3$", "qgoft": "qGOFT", "goft": "GOFT", "full": "Full FT"}
 MISSING = "–"
 CPU_MARK = "†"
-NOTES = [
-    "Test score (x100; CoLA Matthews corr., STS-B Pearson, others accuracy) at the learning-rate setting with "
-    "the best mean validation score; mean ± sample std over the seeds (n/a when n=1).",
-    "Avg: mean of the six task means, shown only when all six are present.",
-    f"{CPU_MARK} CPU peak resident memory: not comparable with the paper's CUDA numbers.",
-]
+STAGED_MARK = "§"
+TIE_MARK = "‡"
+STAGED_NOTE = (f"{STAGED_MARK} setting chosen by a staged search: only the settings its second stage ran "
+               "(on every seed) competed on validation.")
+TIE_NOTE = (f"Bold: the best mean of its model block per column; {TIE_MARK}: cannot be told apart from it at 95% "
+            "(the confidence interval of the difference over seeds holds 0; paired t when both ran the same "
+            "seeds, Welch otherwise; cells with one seed are not tested).")
 
 
-def _method_cfg(records: list[dict[str, Any]], model: str, method: str) -> dict[str, Any]:
-    for r in records:
-        if r.get("model") == model and r.get("method") == method and "config" in r:
-            return r["config"].get("method", {})
-    return {}
+@dataclass(frozen=True)
+class _Display:
+    """One displayed column: a single value column, or a group shown as a/b in one cell."""
+
+    label: str
+    columns: tuple[Column, ...]
 
 
-def label(method: str, cfg: dict[str, Any]) -> str:
-    """The paper's LaTeX label, with ranks/blocks read from the run's config where they vary."""
-    peft = cfg.get("peft_config") or {}
-    if method in FIXED_LABELS:
-        return FIXED_LABELS[method]
-    if method == "lora":
-        return f"LoRA$_{{r={peft.get('r', 8)}}}$"
-    if method == "vera":
-        return f"VeRA$_{{r={peft.get('r', '?')}}}$"
-    if method == "boft":
-        return f"BOFT$_{{m={peft.get('boft_n_butterfly_factor', 2)}}}^{{b={peft.get('boft_block_size', 8)}}}$"
-    if m := re.fullmatch(r"c3a_b(\d+)", method):
-        return f"C$^3$A$_{{b={m.group(1)}}}$"
-    if method == "c3a" and cfg:
-        return f"C$^3$A$_{{b={cfg['blocks']}}}$" if cfg.get("blocks") else f"C$^3$A$_{{p={cfg.get('block_size')}}}$"
-    return _tex_escape(method)
-
-
-def plain(tex_label: str) -> str:
-    """'BOFT$_{m=2}^{b=8}$' -> 'BOFT m=2 b=8'; 'C$^3$A' -> 'C3A'."""
-    s = tex_label.replace("$^3$", "3")
-    s = re.sub(r"[_^]\{([^}]*)\}", r" \1", s)
-    return s.replace("$", "").replace("\\_", "_")
-
-
-def _tex_escape(text: str) -> str:
-    return re.sub(r"([_&%#])", r"\\\1", text)
+def _displays(layout: Layout) -> list[_Display]:
+    out: list[_Display] = []
+    for c in layout.columns:
+        if c.group is not None and out and out[-1].columns[-1].group == c.group:
+            out[-1] = _Display(out[-1].label, (*out[-1].columns, c))
+        else:
+            out.append(_Display(c.group or c.label, (c,)))
+    return out
 
 
 def params_text(n: Any) -> str:
@@ -73,8 +63,13 @@ def memory_text(row: pd.Series) -> str:
     return f"{row['memory_gb']:.2f}{mark}"
 
 
-def score_text(row: pd.Series, task: str, tex: bool = False) -> str:
-    mean, std = row[f"{task}_mean"], row[f"{task}_std"]
+def _extra_text(kind: str, row: pd.Series, tex: bool) -> str:
+    text = params_text(row["trainable_params"]) if kind == "params" else memory_text(row)
+    return text.replace(MISSING, "--").replace(CPU_MARK, r"$^\dagger$") if tex else text
+
+
+def score_text(row: pd.Series, key: str, tex: bool = False) -> str:
+    mean, std = row[f"{key}_mean"], row[f"{key}_std"]
     if mean is None or pd.isna(mean):
         return "--" if tex else MISSING
     spread = "n/a" if std is None or pd.isna(std) else f"{std:.2f}"
@@ -90,52 +85,130 @@ def _avg_text(row: pd.Series, tex: bool = False) -> str:
     return f"{row['avg']:.2f}"
 
 
-def _seeds(row: pd.Series) -> str:
-    ns = [int(row[f"{t}_n"]) for t in TASKS if not pd.isna(row[f"{t}_n"])]
+def _seeds(row: pd.Series, layout: Layout) -> str:
+    ns = [int(row[f"{c.key}_n"]) for c in layout.columns if not pd.isna(row[f"{c.key}_n"])]
     if not ns:
         return MISSING
     return str(ns[0]) if min(ns) == max(ns) else f"{min(ns)}–{max(ns)}"
 
 
-def _protocols(table: pd.DataFrame) -> str:
-    found = sorted({v for t in TASKS for v in table.get(f"{t}_protocol", pd.Series(dtype=object)).dropna()})
+def _protocols(table: Table) -> str:
+    empty = pd.Series(dtype=object)
+    found = sorted({v for t in table.layout.tasks for v in table.frame.get(f"{t}_protocol", empty).dropna()})
     return ", ".join(found) or "none"
 
 
-def to_markdown(table: pd.DataFrame, records: list[dict[str, Any]]) -> str:
-    head = ["Model", "Method", "#Params", "Mem (GB)", *(TASK_NAMES[t] for t in TASKS), "Avg", "Seeds"]
+def _staged(row: pd.Series, task: str) -> bool:
+    value = row.get(f"{task}_staged")
+    return bool(value) if value is not None and not pd.isna(value) else False
+
+
+def column_marks(table: Table) -> dict[tuple[str, str, str], str]:
+    """(model, method, column key) -> 'best' or 'tie' (indistinguishable from the best at 95%)."""
+    marks: dict[tuple[str, str, str], str] = {}
+    by_block: dict[tuple[str, str], list[tuple[str, dict[int, float]]]] = {}
+    for (model, method, task), cell in table.cells.items():
+        for c in table.layout.columns_of(task):
+            if cell.values.get(c.key):
+                by_block.setdefault((model, c.key), []).append((method, cell.values[c.key]))
+    for (model, key), entries in by_block.items():
+        means = {method: sum(v.values()) / len(v) for method, v in entries}
+        top = max(means.values())
+        best = [m for m in means if means[m] == top]
+        for method, values in entries:
+            if method in best:
+                marks[(model, method, key)] = "best"
+            elif difference(dict(entries)[best[0]], values).contains_zero():
+                marks[(model, method, key)] = "tie"
+    return marks
+
+
+def _cell_md(row: pd.Series, display: _Display, marks: dict[tuple[str, str, str], str]) -> str:
+    parts = []
+    for c in display.columns:
+        text, mark = score_text(row, c.key), marks.get((row["model"], row["method"], c.key))
+        parts.append(f"**{text}**" if mark == "best" else f"{text}{TIE_MARK}" if mark == "tie" else text)
+    staged = any(_staged(row, c.task) for c in display.columns)
+    return " / ".join(parts) + (STAGED_MARK if staged else "")
+
+
+def _cell_tex(row: pd.Series, display: _Display) -> str:
+    staged = any(_staged(row, c.task) for c in display.columns)
+    return "/".join(score_text(row, c.key, tex=True) for c in display.columns) + (r"$^\S$" if staged else "")
+
+
+def _any_staged(table: Table) -> bool:
+    return any(c.staged for c in table.cells.values())
+
+
+def to_markdown(table: Table) -> str:
+    layout, displays = table.layout, _displays(table.layout)
+    head = ["Model", "Method", *(e.md for e in layout.extras), *(d.label for d in displays),
+            layout.average_label[0], "Seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    marks = column_marks(table)
     previous = None
-    for _, row in table.iterrows():
-        model = MODEL_NAMES.get(row["model"], row["model"]) if row["model"] != previous else ""
+    for _, row in table.frame.iterrows():
+        model = layout.models.get(row["model"], row["model"]) if row["model"] != previous else ""
         previous = row["model"]
-        cells = [model, plain(label(row["method"], _method_cfg(records, row["model"], row["method"]))),
-                 params_text(row["trainable_params"]), memory_text(row),
-                 *(score_text(row, t) for t in TASKS), _avg_text(row), _seeds(row)]
+        cells = [model, table.labels[(row["model"], row["method"])][1],
+                 *(_extra_text(e.kind, row, tex=False) for e in layout.extras),
+                 *(_cell_md(row, d, marks) for d in displays), _avg_text(row), _seeds(row, layout)]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [*NOTES, f"Protocol(s): {_protocols(table)}."]
+    notes = [*layout.notes]
+    if marks:
+        notes.append(TIE_NOTE)
+    if _any_staged(table):
+        notes.append(STAGED_NOTE)
+    notes.append(f"Protocol(s): {_protocols(table)}.")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
 
-def to_latex(table: pd.DataFrame, records: list[dict[str, Any]]) -> str:
-    """A booktabs tabular in the paper's layout (\\input it inside a table environment)."""
-    head = ["Model", "Method", r"\#Params", "Mem.\\ (GB)", *(TASK_NAMES[t] for t in TASKS), "Avg."]
-    lines = [f"% generated by python -m runners.table; protocol(s): {_protocols(table)}",
-             "% " + NOTES[0], r"\begin{tabular}{llrr" + "c" * (len(TASKS) + 1) + "}", r"\toprule",
-             " & ".join(head) + r" \\", r"\midrule"]
+def to_latex(table: Table) -> str:
+    """A booktabs tabular in the layout (\\input it inside a table environment)."""
+    layout, displays = table.layout, _displays(table.layout)
+    head = ["Model", "Method", *(e.tex for e in layout.extras), *(tex_escape(d.label) for d in displays),
+            layout.average_label[1]]
+    lines = [f"% generated by python -m runners.table; protocol(s): {_protocols(table)}"]
+    lines += [f"% {layout.notes[0]}"] if layout.notes else []
+    lines += [f"% $^\\S$ {STAGED_NOTE[len(STAGED_MARK) + 1:]}"] if _any_staged(table) else []
+    lines += [r"\begin{tabular}{ll" + "r" * len(layout.extras) + "c" * (len(displays) + 1) + "}", r"\toprule",
+              " & ".join(head) + r" \\", r"\midrule"]
     previous = None
-    for _, row in table.iterrows():
+    for _, row in table.frame.iterrows():
         if previous is not None and row["model"] != previous:
             lines.append(r"\midrule")
-        model = _tex_escape(MODEL_NAMES.get(row["model"], row["model"])) if row["model"] != previous else ""
+        model = tex_escape(layout.models.get(row["model"], row["model"])) if row["model"] != previous else ""
         previous = row["model"]
-        mem = memory_text(row).replace(MISSING, "--").replace(CPU_MARK, r"$^\dagger$")
-        cells = [model, label(row["method"], _method_cfg(records, row["model"], row["method"])),
-                 params_text(row["trainable_params"]).replace(MISSING, "--"), mem,
-                 *(score_text(row, t, tex=True) for t in TASKS), _avg_text(row, tex=True)]
+        cells = [model, table.labels[(row["model"], row["method"])][0],
+                 *(_extra_text(e.kind, row, tex=True) for e in layout.extras),
+                 *(_cell_tex(row, d) for d in displays), _avg_text(row, tex=True)]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
+
+
+def compare(table: Table, paper: pd.DataFrame) -> pd.DataFrame:
+    """Long form: ours beside the paper per (model, method, column) for the paper's rows."""
+    layout, frame = table.layout, table.frame
+    ours = frame.set_index(["model", "method"]) if len(frame) else None
+    keys = {c.key for c in layout.columns}
+    if missing := [c for c in ("model", "method", *layout.paper_columns.values()) if c not in paper.columns]:
+        raise HarnessError(f"paper table {layout.paper_file}: no column(s) {', '.join(missing)} "
+                           f"(named in {layout.source} paper.columns)")
+    rows = []
+    for _, p in paper.iterrows():
+        key = (p["model"], p["method"])
+        mine = ours.loc[key] if ours is not None and key in ours.index else None
+        for name, paper_col in layout.paper_columns.items():
+            our_col = f"{name}_mean" if name in keys else "trainable_params" if name == "params" else name
+            value = None if mine is None else mine[our_col]
+            value = None if value is None or pd.isna(value) else float(value)
+            theirs = float(p[paper_col])
+            rows.append({"model": key[0], "method": key[1], "column": name, "ours": value, "paper": theirs,
+                         "diff": None if value is None else value - theirs,
+                         "n": None if mine is None or name not in keys else mine[f"{name}_n"]})
+    return pd.DataFrame(rows)
 
 
 def _number(v: Any, signed: bool = False) -> str:
@@ -145,7 +218,7 @@ def _number(v: Any, signed: bool = False) -> str:
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
-def compare_text(diff: pd.DataFrame) -> str:
+def compare_text(diff: pd.DataFrame, note: str | None = None) -> str:
     """Per paper row with runs of ours: ours, the paper's and ours - paper per column."""
     out, absent = [], []
     for (model, method), part in diff.groupby(["model", "method"], sort=False):
@@ -160,4 +233,4 @@ def compare_text(diff: pd.DataFrame) -> str:
     text = "Ours vs the paper (diff = ours - paper; '–' = missing)\n\n" + "\n\n".join(out or ["(no common rows)"])
     if absent:
         text += f"\n\nNo records of ours for the paper's rows: {', '.join(absent)}"
-    return text
+    return text + (f"\n\n{note}" if note else "")
