@@ -1,4 +1,5 @@
-"""GLUE loading (hub or local TSVs), the protocol's splits, tokenization and batching."""
+"""GLUE loading (hub or local TSVs in the original layout), the protocol's splits, tokenization
+and batching. Which splits a task has (hub split names, TSV file names) is the task's config."""
 
 from __future__ import annotations
 
@@ -20,15 +21,20 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from runners.errors import HarnessError
 
 csv.field_size_limit(1 << 24)
+SKIPPED = "skipped_rows.json"  # beside the cached splits: a cached run reports the same counts
 
 
-def read_tsv(path: Path, task: DictConfig) -> dict[str, list]:
-    """One GLUE TSV as columns {text_key: [...], 'label': [...]}; labels as the hub's ints/floats."""
+def read_tsv(path: Path, task: DictConfig, skip_malformed: bool = False) -> tuple[dict[str, list], int]:
+    """One GLUE TSV as columns {text_key: [...], 'label': [...]} (labels as the hub's ints/floats)
+    and the number of rows skipped. A row with missing fields (fewer than the header, or an
+    empty label) is an error naming the file and line, or, where the task declares
+    `skip_malformed` for this file, skipped and counted (the hub's builder drops the same rows)."""
     if not path.is_file():
         raise HarnessError(f"GLUE file not found: {path}")
     spec = task.tsv
     wanted = list(task.text_keys) + ["label"]
     out: dict[str, list] = {k: [] for k in wanted}
+    skipped = 0
     with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: MRPC starts with a BOM
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         if spec.header:
@@ -42,12 +48,15 @@ def read_tsv(path: Path, task: DictConfig) -> dict[str, list]:
             col = {k: int(spec.columns[k]) for k in wanted}
             width = max(col.values()) + 1
         for line_no, row in enumerate(rows, start=2 if spec.header else 1):
+            if skip_malformed and (len(row) < width or not row[col["label"]]):
+                skipped += 1
+                continue
             if len(row) < width:
                 raise HarnessError(f"{path} line {line_no}: expected {width} tab-separated fields, got {len(row)}")
             for k in task.text_keys:
                 out[k].append(row[col[k]])
             out["label"].append(_label(row[col["label"]], task, path, line_no))
-    return out
+    return out, skipped
 
 
 def _label(raw: str, task: DictConfig, path: Path, line_no: int) -> int | float:
@@ -61,14 +70,27 @@ def _label(raw: str, task: DictConfig, path: Path, line_no: int) -> int | float:
     return list(task.label_names).index(raw)
 
 
-def load_glue(task: DictConfig, data: DictConfig) -> tuple[dict[str, list], dict[str, list]]:
-    """(train, dev) columns from `data.dir` (GLUE TSV layout) or, when it is null, the hub."""
+def task_test_sets(task: DictConfig) -> list[str]:
+    """The task's test sets in their declared order: every split but `train` (the official
+    dev sets, since GLUE's test labels are hidden). The first is the record's `test`."""
+    return [name for name in task.splits if name != "train"]
+
+
+def load_glue(task: DictConfig, data: DictConfig) -> tuple[dict[str, dict], dict[str, int]]:
+    """Every split the task declares, {name: columns} in declared order (train first), from
+    `data.dir` (original GLUE TSV layout) or, when it is null, the hub; and the rows skipped per
+    TSV file that the task lets skip ({"QQP/train.tsv": n}; none on the hub)."""
     if data.dir is not None:
         root = Path(data.dir).expanduser()
         if not root.is_dir():
             raise HarnessError(f"GLUE data directory not found: {root} (set data.dir=PATH or GLUE_DIR)")
-        folder = root / task.glue_dir
-        return read_tsv(folder / "train.tsv", task), read_tsv(folder / "dev.tsv", task)
+        sets, skipped = {}, {}
+        for name, source in task.splits.items():
+            skip = bool(source.get("skip_malformed", False))
+            sets[name], n = read_tsv(root / task.glue_dir / source.tsv, task, skip)
+            if skip:
+                skipped[f"{task.glue_dir}/{source.tsv}"] = n
+        return sets, skipped
     from datasets import load_dataset
 
     try:
@@ -79,17 +101,25 @@ def load_glue(task: DictConfig, data: DictConfig) -> tuple[dict[str, list], dict
             "offline, point data.dir=PATH (or GLUE_DIR) at GLUE TSVs"
         ) from e
     cols = list(task.text_keys) + ["label"]
-    return ({k: ds["train"][k] for k in cols}, {k: ds["validation"][k] for k in cols})
+    sets = {}
+    for name, source in task.splits.items():
+        if source.hub not in ds:
+            raise HarnessError(f"{data.hub_dataset}/{task.name} has no split {source.hub!r}; it has {list(ds)}")
+        sets[name] = {k: ds[source.hub][k] for k in cols}
+    return sets, {}
 
 
 def _take(columns: dict[str, list], idx: np.ndarray) -> dict[str, list]:
     return {k: [v[i] for i in idx] for k, v in columns.items()}
 
 
-def split(train: dict, dev: dict, task: DictConfig, protocol: DictConfig) -> dict[str, dict]:
-    """train/validation/test per the protocol option (deterministic in protocol.split_seed)."""
+def split(sets: dict[str, dict], task: DictConfig, protocol: DictConfig) -> dict[str, dict]:
+    """train/validation/<test sets> per the protocol option (deterministic in protocol.split_seed).
+    Protocols that take validation from dev take it from the first test set (MNLI: matched)."""
     seed = protocol.split_seed
     stratified = task.num_labels > 1
+    train, tests = sets["train"], {name: sets[name] for name in task_test_sets(task)}
+    first = task_test_sets(task)[0]
 
     def carve(columns: dict, fraction: float, cap: int | None) -> tuple[dict, dict]:
         n = len(columns["label"])
@@ -101,12 +131,12 @@ def split(train: dict, dev: dict, task: DictConfig, protocol: DictConfig) -> dic
 
     if protocol.name == "train_val_dev_test":
         train, val = carve(train, protocol.val_fraction, protocol.val_max)
-        return {"train": train, "validation": val, "test": dev}
+        return {"train": train, "validation": val, **tests}
     if protocol.name == "dev_halves":
-        test, val = carve(dev, protocol.val_fraction, protocol.val_max)
-        return {"train": train, "validation": val, "test": test}
+        test, val = carve(tests[first], protocol.val_fraction, protocol.val_max)
+        return {"train": train, "validation": val, **tests, first: test}
     if protocol.name == "dev_dev":
-        return {"train": train, "validation": dev, "test": dev}
+        return {"train": train, "validation": tests[first], **tests}
     raise HarnessError(f"unknown protocol {protocol.name!r}; allowed: train_val_dev_test, dev_halves, dev_dev")
 
 
@@ -116,21 +146,31 @@ def _subset(columns: dict, n: int | None, seed: int) -> dict:
     return _take(columns, np.random.default_rng(seed).permutation(len(columns["label"]))[:n])
 
 
-def prepare(cfg: DictConfig, tokenizer) -> DatasetDict:
-    """Tokenized train/validation/test, cached on disk by everything that determines them."""
+def prepare(cfg: DictConfig, tokenizer) -> tuple[DatasetDict, dict[str, int] | None]:
+    """Tokenized train/validation/<test sets>, cached on disk by everything that determines
+    them; and the rows skipped per file ({} on the hub), or None when the task skips none.
+    The skipped counts are printed on every call, cached or not."""
     key_cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "data", "protocol")}
     key_cfg["tokenizer"] = tokenizer.name_or_path
     key_cfg["data"].pop("cache_dir")
     key = hashlib.sha256(json.dumps(key_cfg, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cfg.data.cache_dir) / f"{cfg.task.name}-{key}"
-    if path.is_dir():
-        return load_from_disk(str(path))
+    if (path / SKIPPED).is_file():  # a cache folder without it (older layout) is rebuilt
+        ds, skipped = load_from_disk(str(path)), json.loads((path / SKIPPED).read_text())
+    else:
+        ds, skipped = _tokenize(cfg, tokenizer, path)
+    for file, n in (skipped or {}).items():
+        print(f"skipped {n} rows with missing fields in {file} (task {cfg.task.name} declares skip_malformed)")
+    return ds, skipped
 
-    train, dev = load_glue(cfg.task, cfg.data)
-    parts = split(train, dev, cfg.task, cfg.protocol)
+
+def _tokenize(cfg: DictConfig, tokenizer, path: Path) -> tuple[DatasetDict, dict[str, int] | None]:
+    sets, skipped = load_glue(cfg.task, cfg.data)
+    parts = split(sets, cfg.task, cfg.protocol)
     parts["train"] = _subset(parts["train"], cfg.data.max_train_samples, cfg.protocol.split_seed)
-    for name in ("validation", "test"):
+    for name in ("validation", *task_test_sets(cfg.task)):
         parts[name] = _subset(parts[name], cfg.data.max_eval_samples, cfg.protocol.split_seed)
+    declared = any(source.get("skip_malformed", False) for source in cfg.task.splits.values())
 
     keys = list(cfg.task.text_keys)
 
@@ -143,11 +183,12 @@ def prepare(cfg: DictConfig, tokenizer) -> DatasetDict:
     ds = ds.rename_column("label", "labels")
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     ds.save_to_disk(str(tmp))
+    (tmp / SKIPPED).write_text(json.dumps(skipped if declared else None))
     try:
         tmp.rename(path)  # atomic: a killed run never leaves a half-written cache
     except OSError:  # a parallel job cached the same data first
         shutil.rmtree(tmp, ignore_errors=True)
-    return ds
+    return ds, skipped if declared else None
 
 
 def loader(ds: Dataset, tokenizer, batch_size: int, train: bool, group_by_length: bool, seed: int) -> DataLoader:

@@ -15,7 +15,7 @@ from transformers import set_seed
 
 from c3a.methods import Adapted, apply_method
 from runners import record
-from runners.data import prepare
+from runners.data import prepare, task_test_sets
 from runners.errors import HarnessError, TrainingFailed
 from runners.logger import make_logger
 from runners.memory import PeakMemory
@@ -123,12 +123,14 @@ def fit(cfg: DictConfig) -> tuple[str, bool]:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     tokenizer = build_tokenizer(cfg.model)
-    data = prepare(cfg, tokenizer)  # before the model: bad data fails fast
+    data, skipped = prepare(cfg, tokenizer)  # before the model: bad data fails fast
 
     rec = {"status": "running", "mode": "train", **_identity(cfg), "metric": cfg.task.metric,
            "config": record.resolved(cfg), "environment": record.environment(), "device": str(device),
            "started_at": datetime.now(timezone.utc).isoformat(),
-           "sizes": {split: len(data[split]) for split in data}}
+           "sizes": {split: len(data[split]) for split in data},
+           "metrics": list(cfg.task.metrics), "test_sets": task_test_sets(cfg.task),
+           **({} if skipped is None else {"skipped_rows": skipped})}
     start = time.perf_counter()
     peak = PeakMemory(device)
     adapted = adapted_model(cfg)
@@ -150,8 +152,9 @@ def fit(cfg: DictConfig) -> tuple[str, bool]:
         print(f"error: run failed: {rec['reason']}")
     else:
         sel = rec["selected"]
-        print(f"selected step {sel['step']} (epoch {sel['epoch']}): validation {sel['validation']:.2f}, "
-              f"test {sel['test']:.2f} ({cfg.task.metric}); {rec['trainable_params']} trainable params")
+        tests = ", ".join(f"{name} {sel['metrics'][name][cfg.task.metric]:.2f}" for name in rec["test_sets"])
+        print(f"selected step {sel['step']} (epoch {sel['epoch']}): validation {sel['validation']:.2f}, {tests} "
+              f"({cfg.task.metric}); {rec['trainable_params']} trainable params")
     return f"record: {path}", rec["status"] == "finished"
 
 

@@ -1,5 +1,5 @@
-"""The training loop: AdamW with head/method groups, linear warmup schedule, evaluation on
-validation and test, selection of the best validation point."""
+"""The training loop: AdamW with head/method groups, linear warmup schedule, evaluation of every
+metric on validation and every test set, selection of the best validation point."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from c3a.methods import Adapted
-from runners.data import loader
+from runners import metrics
+from runners.data import loader, task_test_sets
 from runners.errors import HarnessError, TrainingFailed
-from runners.metrics import score
 
 LOSS_CHECK_EVERY = 20  # steps between host syncs that check the loss is finite
 
@@ -42,7 +42,8 @@ def autocast(device: torch.device, precision: str):
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, batches, metric: str, device: torch.device, precision: str) -> float:
+def evaluate(model: torch.nn.Module, batches, names: list[str], device: torch.device, precision: str) -> dict:
+    """Every metric in `names` on one evaluation set, {name: value}."""
     model.eval()
     outputs, labels = [], []
     for batch in batches:
@@ -51,7 +52,7 @@ def evaluate(model: torch.nn.Module, batches, metric: str, device: torch.device,
             outputs.append(model(**batch).logits.float().cpu())
         labels.append(batch["labels"].cpu())
     model.train()
-    return score(metric, torch.cat(labels).numpy(), torch.cat(outputs).numpy())
+    return metrics.scores(names, torch.cat(labels).numpy(), torch.cat(outputs).numpy())
 
 
 def train(
@@ -62,9 +63,11 @@ def train(
     model = adapted.model.to(device)
     model.train()
     train_dl = loader(data["train"], tokenizer, t.batch_size, True, t.group_by_length, cfg.seed)
+    metrics.check(cfg.task)
+    first_test = task_test_sets(cfg.task)[0]  # the record's `test` float
     evals = {
         split: loader(data[split], tokenizer, t.eval_batch_size, False, False, cfg.seed)
-        for split in ("validation", "test")
+        for split in ("validation", *task_test_sets(cfg.task))
     }
     total = t.max_steps or t.epochs * len(train_dl)
     eval_every = t.eval_every_steps or len(train_dl)
@@ -98,11 +101,15 @@ def train(
                     raise TrainingFailed(f"non-finite training loss ({mean}) by step {step}")
                 bar.set_postfix(loss=f"{mean:.4f}")
             if step % eval_every == 0 or step == total:
+                scores = {split: evaluate(model, dl, list(cfg.task.metrics), device, t.precision)
+                          for split, dl in evals.items()}
                 point = {
                     "epoch": round(step / len(train_dl), 3),
                     "step": step,
                     "train_loss": running.item() / since,
-                    **{split: evaluate(model, dl, metric, device, t.precision) for split, dl in evals.items()},
+                    "validation": scores["validation"][metric],  # headline floats: what tables select on
+                    "test": scores[first_test][metric],
+                    "metrics": scores,  # {set: {metric: value}} for every set and metric
                 }
                 running, since = torch.zeros((), device=device), 0
                 history.append(point)

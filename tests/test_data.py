@@ -24,26 +24,29 @@ def _lines(path: Path) -> int:
 @pytest.mark.parametrize("task", list(SIZES))
 def test_reads_every_row(task: str, glue_dir: Path) -> None:
     cfg = compose(f"task={task}", f"data.dir={glue_dir}")
-    train, dev = load_glue(cfg.task, cfg.data)
+    sets, skipped = load_glue(cfg.task, cfg.data)
+    train, dev = sets["train"], sets["test"]
+    assert list(sets) == ["train", "test"] and skipped == {}  # no task of these skips a row
     header = 1 if cfg.task.tsv.header else 0
     assert len(train["label"]) == _lines(glue_dir / cfg.task.glue_dir / "train.tsv") - header == SIZES[task][0]
     assert len(dev["label"]) == SIZES[task][1]
+    assert cfg.task.train_rows == SIZES[task][0]  # the declared size (cost estimates) is the file's
     assert all(len(train[k]) == len(train["label"]) for k in cfg.task.text_keys)
 
 
 def test_rows_parse_as_in_the_files(glue_dir: Path) -> None:
     cfg = compose("task=mrpc")
-    train = read_tsv(glue_dir / "MRPC" / "train.tsv", cfg.task)
+    train, _ = read_tsv(glue_dir / "MRPC" / "train.tsv", cfg.task)
     # first data row of MRPC train (the file starts with a BOM: the header must still parse)
     assert train["label"][0] == 1
     assert train["sentence1"][0].startswith("Amrozi accused his brother")
     # a quote character inside a row must not swallow the next rows (QUOTE_NONE)
     assert any('"' in s for s in train["sentence1"])
-    stsb = read_tsv(glue_dir / "STS-B" / "train.tsv", compose("task=stsb").task)
+    stsb, _ = read_tsv(glue_dir / "STS-B" / "train.tsv", compose("task=stsb").task)
     assert stsb["label"][0] == 5.0 and stsb["sentence2"][0] == "An air plane is taking off."
-    cola = read_tsv(glue_dir / "CoLA" / "train.tsv", compose("task=cola").task)
+    cola, _ = read_tsv(glue_dir / "CoLA" / "train.tsv", compose("task=cola").task)
     assert cola["sentence"][0].startswith("Our friends won't buy this analysis")
-    rte = read_tsv(glue_dir / "RTE" / "train.tsv", compose("task=rte").task)
+    rte, _ = read_tsv(glue_dir / "RTE" / "train.tsv", compose("task=rte").task)
     assert set(rte["label"]) == {0, 1}  # entailment=0, not_entailment=1 (the hub's order)
 
 
@@ -51,7 +54,7 @@ def test_qnli_has_no_train_here_and_says_so(glue_dir: Path) -> None:
     cfg = compose("task=qnli", f"data.dir={glue_dir}")
     with pytest.raises(HarnessError, match=r"GLUE file not found: .*QNLI/train.tsv"):
         load_glue(cfg.task, cfg.data)
-    dev = read_tsv(glue_dir / "QNLI" / "dev.tsv", cfg.task)
+    dev, _ = read_tsv(glue_dir / "QNLI" / "dev.tsv", cfg.task)
     assert len(dev["label"]) == 5463
 
 
@@ -77,9 +80,10 @@ def test_missing_directory_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize("protocol", ["train_val_dev_test", "dev_halves", "dev_dev"])
 def test_splits_are_deterministic_and_disjoint(protocol: str, glue_dir: Path) -> None:
     cfg = compose("task=rte", f"protocol={protocol}", f"data.dir={glue_dir}")
-    train, dev = load_glue(cfg.task, cfg.data)
-    a = split(train, dev, cfg.task, cfg.protocol)
-    b = split(train, dev, cfg.task, cfg.protocol)
+    sets, _ = load_glue(cfg.task, cfg.data)
+    train, dev = sets["train"], sets["test"]
+    a = split(sets, cfg.task, cfg.protocol)
+    b = split(sets, cfg.task, cfg.protocol)
     assert a == b
     if protocol == "dev_dev":
         assert a["validation"] == a["test"] == dev
@@ -103,12 +107,13 @@ def test_tokenized_once_and_cached(tmp_path: Path, glue_dir: Path) -> None:
     cfg = compose("task=rte", f"data.dir={glue_dir}", f"data.cache_dir={tmp_path}", "data.max_train_samples=50",
                   "data.max_eval_samples=20", "data.max_seq_len=64")
     tok = build_tokenizer(cfg.model)
-    ds = prepare(cfg, tok)
+    ds, skipped = prepare(cfg, tok)
     assert {k: len(v) for k, v in ds.items()} == {"train": 50, "validation": 20, "test": 20}
+    assert skipped is None  # RTE declares no skipped rows
     assert max(len(x) for x in ds["train"]["input_ids"]) <= 64
     cached = list(tmp_path.iterdir())
     assert len(cached) == 1
-    again = prepare(cfg, tok)  # served from the cache directory
+    again, _ = prepare(cfg, tok)  # served from the cache directory
     assert again["train"]["input_ids"] == ds["train"]["input_ids"]
     assert list(tmp_path.iterdir()) == cached
 
