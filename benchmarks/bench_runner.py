@@ -45,7 +45,7 @@ def worker(kind: str, method: str, steps: int) -> dict:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("config", overrides=overrides(method, steps))
     tokenizer = build_tokenizer(cfg.model)
-    data = prepare(cfg, tokenizer)
+    data, _ = prepare(cfg, tokenizer)
     import torch
 
     device = torch.device("cpu")
