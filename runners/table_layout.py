@@ -9,7 +9,6 @@ name; everything it prints about them comes from here.
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,31 +83,24 @@ class Layout:
         return tex, row.md if row.md is not None else plain(tex)
 
 
-class _ConfigFormatter(string.Formatter):
-    """`{method.peft_config.r}` looks up nested keys of the resolved config; unset: KeyError, or '?'."""
+# a format field: a dotted config path in braces, `{method.peft_config.r}`; every other brace is LaTeX
+FIELD = re.compile(r"\{([A-Za-z_]\w*(?:\.\w+)+)\}")
 
-    def __init__(self, config: dict[str, Any], strict: bool) -> None:
-        self.config, self.strict = config, strict
 
-    def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, str]:
-        node: Any = self.config
-        for part in field_name.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
-            if self.strict:
-                raise KeyError(field_name)
-            node = "?"
-        return node, field_name
+def _lookup(config: dict[str, Any], path: str) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def fill(alternatives: tuple[str, ...], config: dict[str, Any]) -> str:
     """The first alternative whose fields are all set in `config`; else the last with '?' for each gap."""
     for text in alternatives:
-        try:
-            return _ConfigFormatter(config, strict=True).format(text)
-        except KeyError:
-            continue
-    return _ConfigFormatter(config, strict=False).format(alternatives[-1])
+        if all(_lookup(config, f) is not None for f in FIELD.findall(text)):
+            return FIELD.sub(lambda m: str(_lookup(config, m.group(1))), text)
+    return FIELD.sub(lambda m: str(_lookup(config, m.group(1)) if _lookup(config, m.group(1)) is not None else "?"),
+                     alternatives[-1])
 
 
 def plain(tex_label: str) -> str:

@@ -44,10 +44,9 @@ class Difference:
         return f"{self.mean:+.2f}, 95% CI [{self.low:+.2f}, {self.high:+.2f}], n={self.n}, {self.test}"
 
 
-def _interval(result: object, mean: float) -> tuple[float, float]:
+def _interval(result: object) -> tuple[float, float]:
     ci = result.confidence_interval(LEVEL)  # type: ignore[attr-defined]
-    # no spread at all (every difference equal): scipy gives nan; the interval is the point
-    return (mean, mean) if math.isnan(ci.low) else (float(ci.low), float(ci.high))
+    return float(ci.low), float(ci.high)
 
 
 def difference(a: dict[int, float], b: dict[int, float]) -> Difference:
@@ -57,12 +56,16 @@ def difference(a: dict[int, float], b: dict[int, float]) -> Difference:
         if len(a) < 2:
             return Difference(mean, None, None, str(len(a)), "one seed: no spread")
         seeds = sorted(a)
-        low, high = _interval(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]), mean)
+        if len({a[s] - b[s] for s in seeds}) == 1:  # no spread in the differences: the point itself
+            return Difference(mean, mean, mean, str(len(a)), "paired t")
+        low, high = _interval(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]))
         return Difference(mean, low, high, str(len(a)), "paired t")
     n = f"{len(a)}/{len(b)}"
     if min(len(a), len(b)) < 2:
         return Difference(mean, None, None, n, "a cell with one seed: no spread")
-    low, high = _interval(stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False), mean)
+    if len(set(a.values())) == len(set(b.values())) == 1:
+        return Difference(mean, mean, mean, n, "Welch t")
+    low, high = _interval(stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False))
     return Difference(mean, low, high, n, "Welch t")
 
 

@@ -19,15 +19,17 @@ EXTRA_METRICS = {"qqp": ["f1"]}
 
 def rec(method: str, task: str, lr: float, seed: int, val: float, test: float | dict[str, float], *,
         model: str = "minilm", status: str = "finished", stage: int | None = None,
-        **config_extra: Any) -> dict[str, Any]:
+        method_config: dict[str, Any] | None = None, **config_extra: Any) -> dict[str, Any]:
     """`test`: the headline score on the only test set, or {set: score} per test set; extra
-    metrics (QQP's F1) get `score - 1` so a column reading the wrong metric shows."""
+    metrics (QQP's F1) get `score - 1` so a column reading the wrong metric shows; `method_config`
+    adds to the resolved config's `method` (labels read ranks from it)."""
     metric = HEADLINE.get(task, "accuracy")
     sets = TEST_SETS.get(task, ["test"])
     tests = test if isinstance(test, dict) else {sets[0]: test}
     names = [metric, *EXTRA_METRICS.get(task, [])]
-    config = {"seed": seed, "trainer": {"lr": lr, "lr_head": 1e-3, "epochs": 2}, "method": {"name": method},
-              "task": {"name": task, "metric": metric}, "results_dir": "anywhere", **config_extra}
+    config = {"seed": seed, "trainer": {"lr": lr, "lr_head": 1e-3, "epochs": 2},
+              "method": {"name": method, **(method_config or {})}, "task": {"name": task, "metric": metric},
+              "results_dir": "anywhere", **config_extra}
     if stage is not None:
         config["search"] = {"stage": stage}
     r = {"status": status, "mode": "train", "model": model, "method": method, "task": task, "seed": seed, "lr": lr,

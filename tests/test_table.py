@@ -156,3 +156,31 @@ def test_unknown_layout_is_one_error_line(tmp_path: Path, capsys: pytest.Capture
     assert table.main(["--layout", "nope", "--runs", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown table layout 'nope'") and "c3a_table2" in err and "qgoft_glue" in err
+
+
+def staged_records(stage: bool) -> list[dict]:
+    """A staged search on RTE: stage 1 ran lr 1e-3 and 1e-4 on seed 0 (1e-3 validates best), stage 2
+    ran 1e-4 on seeds 1 and 2 (so the stage-1 winner was not promoted, e.g. a re-run with more
+    settings). Without the markers, lr 1e-3's single seed would win on validation."""
+    one = (lambda s: s) if stage else (lambda s: None)
+    return [rec("lora", "rte", 1e-3, 0, 90, 50, stage=one(1)), rec("lora", "rte", 1e-4, 0, 80, 60, stage=one(1)),
+            *(rec("lora", "rte", 1e-4, s, 80, 60 + s, stage=one(2)) for s in (1, 2)),
+            rec("lora", "cola", 1e-3, 0, 30, 30)]  # a cell without a staged search
+
+
+def test_staged_search_only_stage_two_settings_compete_and_are_marked(tmp_path: Path) -> None:
+    cells = {c.task: c for c in select_cells(staged_records(stage=True), C3A)}
+    assert (cells["rte"].lr, cells["rte"].n("rte"), cells["rte"].staged, cells["rte"].settings) == (1e-4, 3, True, 1)
+    assert cells["rte"].mean("rte") == 61 and not cells["cola"].staged
+    plain_cells = {c.task: c for c in select_cells(staged_records(stage=False), C3A)}
+    assert (plain_cells["rte"].lr, plain_cells["rte"].n("rte")) == (1e-3, 1)  # the marker is what decides
+
+    out = tmp_path / "out"
+    table.write_outputs(staged_records(stage=True), out, C3A)
+    row = pd.read_csv(out / "table2.csv").iloc[0]
+    assert row["rte_staged"] and not row["cola_staged"] and pd.isna(row["sst2_staged"])
+    md = (out / "table2.md").read_text()
+    assert "61.00 ± 1.00**§ |" in md and "30.00 ± n/a** |" in md and "- § setting chosen by a staged search" in md
+    tex = (out / "table2.tex").read_text()
+    assert r"$61.00_{\pm 1.00}$$^\S$" in tex and r"$30.00_{\pm \mathrm{n/a}}$ &" in tex
+    assert md.split("\n\n")[0].count("§") == 1  # the staged cell only
