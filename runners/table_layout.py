@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYOUT_DIR = ROOT / "conf" / "table"
 DEFAULT_LAYOUT = "c3a_table2"
 EXTRA_KINDS = ("params", "memory")  # what the renderer can show besides task columns
+PARAM_STYLES = ("K", "M")           # 18K, 295K, 1.2M (C3A's table) | 0.08M, 0.33M, 184M (qGOFT's)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Extra:
     kind: str   # one of EXTRA_KINDS
     md: str
     tex: str
+    style: str = "K"  # parameter counts: one of PARAM_STYLES
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,11 @@ def load_layout(name_or_path: str | Path = DEFAULT_LAYOUT) -> Layout:
         kind = _need(e, "kind", f"{where}: extra_columns[{i}]")
         if kind not in EXTRA_KINDS:
             raise HarnessError(f"{where}: extra_columns[{i}]: kind '{kind}' (allowed: {', '.join(EXTRA_KINDS)})")
+        style = str(e.get("style", "K"))
+        if style not in PARAM_STYLES:
+            raise HarnessError(f"{where}: extra_columns[{i}]: style '{style}' (allowed: {', '.join(PARAM_STYLES)})")
         extras.append(Extra(kind, str(_need(e, "md", f"{where}: extra_columns[{i}]")),
-                            str(_need(e, "tex", f"{where}: extra_columns[{i}]"))))
+                            str(_need(e, "tex", f"{where}: extra_columns[{i}]")), style))
 
     models = {str(_need(m, "model", f"{where}: models[{i}]")): str(_need(m, "label", f"{where}: models[{i}]"))
               for i, m in enumerate(data.get("models") or [])}

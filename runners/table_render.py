@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from runners.errors import HarnessError
-from runners.table_layout import Column, Layout, tex_escape
+from runners.table_layout import Column, Extra, Layout, tex_escape
 from runners.table_select import Table
 from runners.table_stats import difference
 
@@ -48,11 +48,13 @@ def _displays(layout: Layout) -> list[_Display]:
     return out
 
 
-def params_text(n: Any) -> str:
-    """Paper style: 18K, 295K, 1.2M."""
+def params_text(n: Any, style: str = "K") -> str:
+    """Style K (C3A's table): 18K, 295K, 1.2M; style M (qGOFT's): 0.08M, 0.33M, 184M."""
     if n is None or pd.isna(n):
         return MISSING
     n = int(n)
+    if style == "M":
+        return f"{n / 1e6:.2f}M" if n < 9_995_000 else f"{round(n / 1e6)}M"
     return f"{round(n / 1e3)}K" if n < 999_500 else f"{n / 1e6:.1f}M"
 
 
@@ -63,8 +65,8 @@ def memory_text(row: pd.Series) -> str:
     return f"{row['memory_gb']:.2f}{mark}"
 
 
-def _extra_text(kind: str, row: pd.Series, tex: bool) -> str:
-    text = params_text(row["trainable_params"]) if kind == "params" else memory_text(row)
+def _extra_text(extra: Extra, row: pd.Series, tex: bool) -> str:
+    text = params_text(row["trainable_params"], extra.style) if extra.kind == "params" else memory_text(row)
     return text.replace(MISSING, "--").replace(CPU_MARK, r"$^\dagger$") if tex else text
 
 
@@ -152,7 +154,7 @@ def to_markdown(table: Table) -> str:
         model = layout.models.get(row["model"], row["model"]) if row["model"] != previous else ""
         previous = row["model"]
         cells = [model, table.labels[(row["model"], row["method"])][1],
-                 *(_extra_text(e.kind, row, tex=False) for e in layout.extras),
+                 *(_extra_text(e, row, tex=False) for e in layout.extras),
                  *(_cell_md(row, d, marks) for d in displays), _avg_text(row), _seeds(row, layout)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [*layout.notes]
@@ -181,7 +183,7 @@ def to_latex(table: Table) -> str:
         model = tex_escape(layout.models.get(row["model"], row["model"])) if row["model"] != previous else ""
         previous = row["model"]
         cells = [model, table.labels[(row["model"], row["method"])][0],
-                 *(_extra_text(e.kind, row, tex=True) for e in layout.extras),
+                 *(_extra_text(e, row, tex=True) for e in layout.extras),
                  *(_cell_tex(row, d) for d in displays), _avg_text(row, tex=True)]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
