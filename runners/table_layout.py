@@ -98,16 +98,15 @@ def _lookup(config: dict[str, Any], path: str) -> Any:
 
 def fill(alternatives: tuple[str, ...], config: dict[str, Any]) -> str:
     """The first alternative whose fields are all set in `config`; else the last with '?' for each gap."""
-    for text in alternatives:
+    for text in alternatives:  # after the loop, `text` is the last alternative
         if all(_lookup(config, f) is not None for f in FIELD.findall(text)):
-            return FIELD.sub(lambda m: str(_lookup(config, m.group(1))), text)
-    return FIELD.sub(lambda m: str(_lookup(config, m.group(1)) if _lookup(config, m.group(1)) is not None else "?"),
-                     alternatives[-1])
+            break
+    return FIELD.sub(lambda m: "?" if (v := _lookup(config, m.group(1))) is None else str(v), text)
 
 
 def plain(tex_label: str) -> str:
     """'BOFT$_{m=2}^{b=8}$' -> 'BOFT m=2 b=8'; 'C$^3$A' -> 'C3A'."""
-    s = tex_label.replace("$^3$", "3")
+    s = re.sub(r"\$\^(\w+)\$", r"\1", tex_label)
     s = re.sub(r"[_^]\{([^}]*)\}", r" \1", s)
     return s.replace("$", "").replace("\\_", "_")
 

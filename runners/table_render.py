@@ -9,6 +9,7 @@ in Markdown and LaTeX.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,13 +115,13 @@ def column_marks(table: Table) -> dict[tuple[str, str, str], str]:
             if cell.values.get(c.key):
                 by_block.setdefault((model, c.key), []).append((method, cell.values[c.key]))
     for (model, key), entries in by_block.items():
-        means = {method: sum(v.values()) / len(v) for method, v in entries}
-        top = max(means.values())
-        best = [m for m in means if means[m] == top]
+        means = {method: statistics.fmean(v.values()) for method, v in entries}
+        best = [m for m in means if means[m] == max(means.values())]  # ties for the best: all bold
+        best_values = dict(entries)[best[0]]
         for method, values in entries:
             if method in best:
                 marks[(model, method, key)] = "best"
-            elif difference(dict(entries)[best[0]], values).contains_zero():
+            elif difference(best_values, values).contains_zero():
                 marks[(model, method, key)] = "tie"
     return marks
 
