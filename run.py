@@ -3,30 +3,28 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from runners.config import register_resolvers
-from runners.errors import HarnessError
 
 register_resolvers()
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """One job; returns {"status": "finished" | "skipped" | "failed", "record": path or None}
+    (what a sweeper summarises). A failed single run exits 1; in a sweep the job returns and
+    the sweep goes on (the failure is recorded)."""
     from runners.job import run_job  # heavy imports after Hydra has parsed the command line
 
-    multirun = HydraConfig.get().mode.name == "MULTIRUN"
-    try:
-        line, ok = run_job(cfg)
-        print(line, flush=True)
-    except HarnessError as e:
-        ok = False
-        print(f"error: {e}", file=sys.stderr, flush=True)
-    if not ok and not multirun:  # in a sweep, a failed job is recorded and the sweep goes on
+    result = run_job(cfg)
+    if result["status"] == "failed" and HydraConfig.get().mode.name != "MULTIRUN":
         sys.exit(1)
+    return result
 
 
 if __name__ == "__main__":

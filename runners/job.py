@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import time
+import traceback
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
@@ -14,15 +18,15 @@ from omegaconf.errors import OmegaConfBaseException
 from transformers import set_seed
 
 from c3a.methods import Adapted, apply_method
-from runners import record
+from runners import checks, record
+from runners.checkpoint import Checkpoint, checkpoint_dir, model_dir
 from runners.data import prepare, task_test_sets
 from runners.errors import HarnessError, TrainingFailed
+from runners.lock import RunLock, lock_path
 from runners.logger import make_logger
 from runners.memory import PeakMemory
-from runners.models import build_model, build_tokenizer
+from runners.models import build_model, build_tokenizer, model_layout
 from runners.train import autocast, optimizer, train
-
-MODES = ("train", "count", "memory")
 
 datasets.disable_progress_bars()
 transformers.logging.set_verbosity_error()
@@ -30,13 +34,13 @@ transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars in e
 
 
 def validate(cfg: DictConfig) -> None:
-    """Resolve every interpolation up front so config mistakes surface as one message."""
+    """Resolve every interpolation and check every option (conf/checks.yaml) before any data
+    or model is loaded, so config mistakes surface at once as one message."""
+    checks.check(cfg)
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
         raise HarnessError(f"config: {str(e).splitlines()[0]} ({e.full_key})") from None
-    if cfg.mode not in MODES:
-        raise HarnessError(f"mode={cfg.mode!r}; allowed: {', '.join(MODES)}")
 
 
 def adapted_model(cfg: DictConfig, pretrained: bool | None = None) -> Adapted:
@@ -44,15 +48,17 @@ def adapted_model(cfg: DictConfig, pretrained: bool | None = None) -> Adapted:
     if pretrained is not None:
         model_cfg.pretrained = pretrained
     set_seed(cfg.seed)
+    layout, head_modules = model_layout(model_cfg)  # before the weights: an unknown family stops here
     model = build_model(model_cfg, cfg.task.num_labels)
     options = OmegaConf.to_container(cfg.method, resolve=True)
     options.pop("name")
     if "peft_config" in options:
         from hydra.utils import instantiate
 
-        options["peft_config"] = instantiate(cfg.method.peft_config)
+        # plain lists, not ListConfig: PEFT writes its config as JSON when saving an adapter
+        options["peft_config"] = instantiate(cfg.method.peft_config, _convert_="all")
     try:
-        return apply_method(model, head_modules=list(cfg.model.head_modules), **options)
+        return apply_method(model, head_modules=head_modules, layout=layout, **options)
     except (ValueError, TypeError) as e:
         raise HarnessError(f"method={cfg.method.name}: {e}") from None
 
@@ -63,27 +69,26 @@ def device_of(cfg: DictConfig) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if want == "cuda" and not torch.cuda.is_available():
         raise HarnessError("trainer.device=cuda but no CUDA device is available")
-    if want not in ("cpu", "cuda"):
-        raise HarnessError(f"trainer.device={want!r}; allowed: auto, cpu, cuda")
-    return torch.device(want)
+    return torch.device(want)  # cpu or cuda: conf/checks.yaml allows nothing else
 
 
 def count(cfg: DictConfig) -> str:
-    return f"trainable_params: {adapted_model(cfg).trainable_params}"
+    print(f"trainable_params: {adapted_model(cfg).trainable_params}")
+    return "finished"
 
 
-def memory(cfg: DictConfig) -> str:
+def memory(cfg: DictConfig, path: Path) -> str:
     """Peak memory of a few training steps at a fixed input (random weights and tokens),
     measured in a fresh process so earlier work in this one cannot inflate it."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
         result = pool.apply(measure_memory, (OmegaConf.to_container(cfg, resolve=True),))
-    path = record.record_path(cfg)
     record.write(path, {
         "status": "finished", "mode": "memory", **_identity(cfg), **result,
-        "config": record.resolved(cfg), "environment": record.environment(),
+        "config": record.resolved(cfg), "environment": record.environment(), **record.provenance(),
     })
-    return f"peak_memory_gb: {result['peak_memory_gb']:.3f}"
+    print(f"peak_memory_gb: {result['peak_memory_gb']:.3f}")
+    return "finished"
 
 
 def measure_memory(conf: dict) -> dict:
@@ -108,17 +113,17 @@ def measure_memory(conf: dict) -> dict:
             "batch_size": m.batch_size, "seq_len": m.seq_len}
 
 
+IDENTITY = {"model": "model.name", "method": "method.name", "task": "task.name", "seed": "seed",
+            "lr": "trainer.lr", "lr_head": "trainer.lr_head", "protocol": "protocol.name"}
+
+
 def _identity(cfg: DictConfig) -> dict:
-    return {"model": cfg.model.name, "method": cfg.method.name, "task": cfg.task.name, "seed": cfg.seed,
-            "lr": cfg.trainer.lr, "lr_head": cfg.trainer.lr_head, "protocol": cfg.protocol.name}
+    """The record's top-level identity; as much of it as resolves for a config that fails."""
+    return {k: OmegaConf.select(cfg, key, throw_on_resolution_failure=False) for k, key in IDENTITY.items()}
 
 
-def fit(cfg: DictConfig) -> tuple[str, bool]:
-    """Train one configuration; returns (record path line, succeeded)."""
-    path = record.record_path(cfg)
-    if record.finished(path) and not cfg.force:
-        print("skipped: an identical finished run exists (force=true re-runs it)")
-        return f"record: {path}", True
+def fit(cfg: DictConfig, path: Path) -> str:
+    """Train one configuration (its lock held) and write its record; returns its status."""
     device = device_of(cfg)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -131,22 +136,35 @@ def fit(cfg: DictConfig) -> tuple[str, bool]:
            "sizes": {split: len(data[split]) for split in data},
            "metrics": list(cfg.task.metrics), "test_sets": task_test_sets(cfg.task),
            **({} if skipped is None else {"skipped_rows": skipped})}
+    rec.update(record.provenance())
     start = time.perf_counter()
     peak = PeakMemory(device)
     adapted = adapted_model(cfg)
     rec["trainable_params"] = adapted.trainable_params
     logger = make_logger(cfg, rec)
+    crash = None
+    c = cfg.trainer.checkpoint
+    ckpt = Checkpoint(checkpoint_dir(path), keep=c.keep) if c.enabled else None
     try:
-        rec.update(train(adapted, data, tokenizer, cfg, device, log=logger.log))
+        rec.update(train(adapted, data, tokenizer, cfg, device, log=logger.log, ckpt=ckpt))
+        rec["resumed_from_step"] = ckpt.resumed_from_step if ckpt is not None else None
+        if cfg.trainer.save_model:  # train() left the model at the selected point
+            rec["saved_model"] = str(adapted.save(model_dir(path), list(cfg.model.head_modules)))
         rec["status"] = "finished"
     except TrainingFailed as e:
         rec.update(status="failed", reason=str(e))
+    except Exception as e:  # a bug or a device error: recorded, and the sweep goes on
+        traceback.print_exc()
+        crash = f"crashed: {_reason(e)} (traceback in the job's log)"
     finally:
         rec.update(peak.read(), wall_time_s=time.perf_counter() - start,
                    finished_at=datetime.now(timezone.utc).isoformat())
-        if rec["status"] == "running":  # an unexpected exception is on its way up
-            rec.update(status="failed", reason="crashed (see the job's log)")
+        ended = rec["status"] != "running"  # finished, or failed for good: no continuing it
+        if not ended:  # an unexpected exception (or a requeue signal) is on its way up
+            rec.update(status="failed", reason=crash or "interrupted (see the job's log)")
         record.write(path, rec)
+        if ckpt is not None and ended:  # a crashed run keeps its checkpoint: a relaunch continues it
+            ckpt.finish()
         logger.finish(rec)
     if rec["status"] == "failed":
         print(f"error: run failed: {rec['reason']}")
@@ -155,14 +173,78 @@ def fit(cfg: DictConfig) -> tuple[str, bool]:
         tests = ", ".join(f"{name} {sel['metrics'][name][cfg.task.metric]:.2f}" for name in rec["test_sets"])
         print(f"selected step {sel['step']} (epoch {sel['epoch']}): validation {sel['validation']:.2f}, {tests} "
               f"({cfg.task.metric}); {rec['trainable_params']} trainable params")
-    return f"record: {path}", rec["status"] == "finished"
+    print(f"record: {path}")
+    return rec["status"]
 
 
-def run_job(cfg: DictConfig) -> tuple[str, bool]:
-    """Dispatch on cfg.mode; returns (last line to print, succeeded)."""
-    validate(cfg)
-    if cfg.mode == "count":
-        return count(cfg), True
-    if cfg.mode == "memory":
-        return memory(cfg), True
-    return fit(cfg)
+def _reason(e: Exception) -> str:
+    if isinstance(e, HarnessError):
+        return str(e)
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _failed(cfg: DictConfig, e: Exception, path: Path | None) -> dict[str, Any]:
+    """Report a job that failed before training and record it at `path`, or, when there is
+    none (or a finished record there must be kept: force=true), at the fallback path."""
+    if not isinstance(e, HarnessError):
+        traceback.print_exc()
+    reason = _reason(e)
+    print(f"error: {reason}", file=sys.stderr, flush=True)
+    results_dir = OmegaConf.select(cfg, "results_dir", throw_on_resolution_failure=False)
+    if path is not None and record.finished(path):
+        path = None
+    if path is None and (OmegaConf.select(cfg, "mode") == "count" or results_dir is None):
+        return {"status": "failed", "record": None}  # count mode writes no record
+    try:
+        conf = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        conf = OmegaConf.to_container(cfg, resolve=False)
+    path = path or record.fallback_path(results_dir, record.provenance()["overrides"], conf)
+    record.write(path, {"status": "failed", "mode": OmegaConf.select(cfg, "mode"), **_identity(cfg),
+                        "reason": reason, "failed_before_training": True, "config": conf,
+                        "environment": record.environment(), **record.provenance(),
+                        "finished_at": datetime.now(timezone.utc).isoformat()})
+    print(f"record: {path}", flush=True)
+    return {"status": "failed", "record": str(path)}
+
+
+def _finished(cfg: DictConfig, path: Path) -> bool:
+    if cfg.mode == "train" and record.finished(path) and not cfg.force:
+        print("skipped: an identical finished run exists (force=true re-runs it)")
+        print(f"record: {path}")
+        return True
+    return False
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """One job, whatever happens: returns {"status": "finished" | "skipped" | "failed",
+    "record": path or None} and never raises for the job's own failure, so a sweep goes on.
+
+    A job that fails before training still writes a failed record with the reason: at its
+    record path, or under results_dir/failed/ when its config fails the option checks or
+    gives no record path. A run first claims its record path with a lock (runners.lock):
+    a run that another live process holds is skipped."""
+    try:
+        validate(cfg)
+        if cfg.mode == "count":
+            return {"status": count(cfg), "record": None}
+        path = record.record_path(cfg)
+    except Exception as e:
+        return _failed(cfg, e, None)
+    if _finished(cfg, path):
+        return {"status": "skipped", "record": str(path)}
+    lock = RunLock(lock_path(path), cfg.lock.stale_after_s, cfg.lock.refresh_s)
+    if not lock.acquire():
+        print(f"skipped: another process is running this configuration ({lock.holder()}; {lock.path})")
+        print(f"record: {path}")
+        return {"status": "skipped", "record": str(path)}
+    try:
+        if _finished(cfg, path):  # finished by another process between the first check and the lock
+            return {"status": "skipped", "record": str(path)}
+        status = fit(cfg, path) if cfg.mode == "train" else memory(cfg, path)
+    except Exception as e:
+        return _failed(cfg, e, path)
+    finally:
+        lock.release()
+    return {"status": status, "record": str(path)}

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import platform
+import subprocess
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 # Keys that do not change a run's result: excluded from its identity.
 NOT_IDENTITY = ("force", "results_dir", "logger", "trainer.progress", "trainer.num_threads", "data.dir",
-                 "data.cache_dir")
+                 "data.cache_dir", "search", "lock",
+                 "trainer.checkpoint", "trainer.save_model")
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "scikit-learn", "numpy")
 
 
@@ -37,6 +40,45 @@ def record_path(cfg: DictConfig) -> Path:
     """results_dir/<mode>/<model>/<method>/<task>/lr<lr>-hlr<lr_head>-s<seed>-<hash>.json"""
     name = f"lr{cfg.trainer.lr:g}-hlr{cfg.trainer.lr_head:g}-s{cfg.seed}-{identity(cfg)}.json"
     return Path(cfg.results_dir) / cfg.mode / cfg.model.name / cfg.method.name / cfg.task.name / name
+
+
+def fallback_path(results_dir: str | Path, overrides: list[str] | None, conf: Any) -> Path:
+    """Where the failure of a job goes when its config cannot give a record path (or fails
+    its option checks): results_dir/failed/<hash of its overrides, or of its config>.json."""
+    key = json.dumps(overrides if overrides is not None else conf, sort_keys=True, default=str)
+    return Path(results_dir) / "failed" / f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+
+
+@lru_cache
+def code_version() -> dict[str, Any] | None:
+    """The project's git commit and whether tracked files differ from it; None outside a git
+    checkout (or without git). Untracked files (results, caches) do not make a tree dirty."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = head.stdout.split()
+    # a copy of the project inside some other repository is not a checkout of the project
+    if head.returncode != 0 or status.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root:
+        return None
+    return {"commit": lines[1], "dirty": bool(status.stdout.strip())}
+
+
+def command_overrides() -> list[str] | None:
+    """The job's command-line overrides as Hydra parsed them (a sweep job's own values
+    included); None when called outside a Hydra run (tests, notebooks)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
+def provenance() -> dict[str, Any]:
+    """What every record carries to be re-created: the code version and the overrides."""
+    return {"code_version": code_version(), "overrides": command_overrides()}
 
 
 def environment() -> dict[str, Any]:

@@ -1,0 +1,57 @@
+"""Early option checks: the allowed values and numeric ranges of conf/checks.yaml."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from runners.errors import HarnessError
+
+CHECKS = Path(__file__).resolve().parents[1] / "conf" / "checks.yaml"
+TYPES = {"int": (int,), "float": (int, float), "bool": (bool,)}
+_ABSENT = object()
+
+
+@lru_cache
+def rules() -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.load(CHECKS))
+
+
+def allowed(rule: list | dict) -> str:
+    """What a rule allows, in words."""
+    if isinstance(rule, list):
+        return ", ".join(map(str, rule))
+    kind = {"int": "an integer", "float": "a number", "bool": "true or false"}[rule["type"]]
+    if "min" in rule and "max" in rule:
+        kind += f" from {rule['min']} to {rule['max']}"
+    elif "min" in rule or "max" in rule:
+        kind += f" >= {rule['min']}" if "min" in rule else f" <= {rule['max']}"
+    return kind + (" or null" if rule.get("nullable") else "")
+
+
+def ok(value: Any, rule: list | dict) -> bool:
+    if isinstance(rule, list):
+        return value in rule
+    if value is None:
+        return bool(rule.get("nullable"))
+    # bool is an int subclass in Python: true is not a batch size
+    if not isinstance(value, TYPES[rule["type"]]) or (rule["type"] != "bool" and isinstance(value, bool)):
+        return False
+    return rule.get("min", value) <= value <= rule.get("max", value)
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise HarnessError for the first option outside its allowed values. An option that
+    does not resolve is left to the caller's resolution, which reports it (a bad option that
+    a preset interpolates, e.g. method.variant, is named here first)."""
+    for key, rule in rules().items():
+        try:
+            value = OmegaConf.select(cfg, key, default=_ABSENT)
+        except OmegaConfBaseException:
+            continue
+        if value is not _ABSENT and not ok(value, rule):
+            raise HarnessError(f"{key}={value!r}; allowed: {allowed(rule)}")

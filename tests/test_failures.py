@@ -1,0 +1,168 @@
+"""No silent failure, one run per worker: failed records for jobs that fail before training,
+early option errors, and two sweeps of the same configurations started at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import GLUE, OFFLINE, ROOT, compose, last_line
+
+TINY = ["model=minilm", "data.max_train_samples=64", "data.max_eval_samples=32", "data.max_seq_len=32",
+        "trainer.max_steps=4", "trainer.num_threads=1", "trainer.progress=false"]
+
+
+@pytest.fixture
+def rte_only(tmp_path: Path, glue_dir: Path) -> Path:
+    """A GLUE folder with RTE and nothing else."""
+    root = tmp_path / "glue_rte_only"
+    root.mkdir()
+    (root / "RTE").symlink_to(glue_dir / "RTE")
+    return root
+
+
+def read(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# In-process: run_job as a test (no Hydra run) calls it.
+
+def test_an_option_error_is_recorded_under_the_fallback_path(tmp_path: Path) -> None:
+    from runners.job import run_job
+
+    result = run_job(compose("seed=abc", f"results_dir={tmp_path}"))
+    assert result["status"] == "failed" and Path(result["record"]).parent == tmp_path / "failed"
+    rec = read(result["record"])
+    assert rec["status"] == "failed" and rec["reason"] == "seed='abc'; allowed: an integer from 0 to 4294967295"
+    assert rec["seed"] == "abc" and rec["method"] == "lora" and rec["config"]["seed"] == "abc"
+    assert rec["overrides"] is None  # not a Hydra run
+    assert len(rec["code_version"]["commit"]) == 40 and isinstance(rec["code_version"]["dirty"], bool)
+
+
+def test_a_data_error_is_recorded_at_the_record_path(tmp_path: Path, rte_only: Path, capsys) -> None:
+    from runners import record
+    from runners.job import run_job
+
+    cfg = compose("task=mrpc", f"data.dir={rte_only}", f"results_dir={tmp_path / 'runs'}", *TINY)
+    result = run_job(cfg)
+    path = record.record_path(cfg)
+    assert result == {"status": "failed", "record": str(path)}
+    rec = read(path)
+    assert rec["status"] == "failed" and rec["reason"].startswith(f"GLUE file not found: {rte_only}/MRPC/")
+    assert rec["task"] == "mrpc" and rec["failed_before_training"] is True
+    assert not Path(f"{path}.lock").exists()  # released
+    err = capsys.readouterr().err
+    assert f"error: GLUE file not found: {rte_only}/MRPC/" in err and "Traceback" not in err
+
+
+def test_a_model_that_cannot_load_is_recorded(tmp_path: Path) -> None:
+    from runners.job import run_job
+
+    cfg = compose("model=hub", "model.name_or_path=nobody/no-such-model", f"results_dir={tmp_path / 'runs'}", *TINY[1:])
+    rec = read(run_job(cfg)["record"])
+    assert rec["status"] == "failed" and rec["reason"].startswith("cannot load tokenizer 'nobody/no-such-model'")
+
+
+def test_a_forced_rerun_that_fails_keeps_the_finished_record(tmp_path: Path, rte_only: Path) -> None:
+    from runners import record
+    from runners.job import run_job
+
+    cfg = compose("task=mrpc", "force=true", f"data.dir={rte_only}", f"results_dir={tmp_path / 'runs'}", *TINY)
+    path = record.record_path(cfg)
+    record.write(path, {"status": "finished", "history": []})
+    result = run_job(cfg)
+    assert result["status"] == "failed" and Path(result["record"]).parent == tmp_path / "runs" / "failed"
+    assert read(path) == {"status": "finished", "history": []}
+
+
+def test_a_run_locked_by_a_live_process_is_skipped(tmp_path: Path, capsys) -> None:
+    from runners import record
+    from runners.job import run_job
+    from runners.lock import RunLock, lock_path
+
+    cfg = compose(f"results_dir={tmp_path / 'runs'}", *TINY)
+    path = record.record_path(cfg)
+    other = RunLock(lock_path(path))
+    assert other.acquire()
+    try:
+        assert run_job(cfg) == {"status": "skipped", "record": str(path)}
+    finally:
+        other.release()
+    assert not path.exists()
+    out = capsys.readouterr().out
+    assert f"skipped: another process is running this configuration ({socket.gethostname()} pid {os.getpid()}" in out
+
+
+# Subprocesses: run.py as a user runs it.
+
+@pytest.mark.slow
+def test_a_sweep_records_its_failed_jobs_and_goes_on(run_cli, tmp_path: Path, rte_only: Path) -> None:
+    """4 jobs, one trains: rte/fp32 finishes; mrpc/fp32 has no data (failed record at its
+    record path); both fp33 jobs fail the option check (failed records under runs/failed)."""
+    proc = run_cli("task=rte,mrpc", "trainer.precision=fp32,fp33", f"data.dir={rte_only}", *TINY,
+                   multirun=True, check=False)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    records = {p.relative_to(tmp_path / "runs").parts[:4]: read(p) for p in (tmp_path / "runs").rglob("*.json")}
+    trained = records.pop(("train", "minilm", "lora", "rte"))
+    assert trained["status"] == "finished" and trained["history"][-1]["step"] == 4
+    no_data = records.pop(("train", "minilm", "lora", "mrpc"))
+    assert no_data["status"] == "failed" and no_data["reason"].startswith(f"GLUE file not found: {rte_only}/MRPC/")
+    assert {"task=mrpc", "trainer.precision=fp32", f"data.dir={rte_only}", "trainer.max_steps=4"} <= set(
+        no_data["overrides"])  # this job's own command line
+    assert sorted(r["task"] for r in records.values()) == ["mrpc", "rte"]
+    for key, rec in records.items():
+        assert key[0] == "failed" and rec["status"] == "failed"
+        assert rec["reason"] == "trainer.precision='fp33'; allowed: fp32, bf16, fp16"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "message"), [
+    ("seed=abc", "seed='abc'; allowed: an integer from 0 to 4294967295"),
+    ("trainer.lr=abc", "trainer.lr='abc'; allowed: a number >= 0"),
+    ("trainer.precision=fp33", "trainer.precision='fp33'; allowed: fp32, bf16, fp16"),
+])
+def test_a_bad_option_is_one_error_line_and_a_failed_record(run_cli, override: str, message: str) -> None:
+    proc = run_cli(override, *TINY, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error")] == [f"error: {message}"]
+    line = last_line(proc.stdout)
+    assert line.startswith("record: ")
+    rec = read(line.removeprefix("record: "))
+    assert rec["status"] == "failed" and rec["reason"] == message and override in rec["overrides"]
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_train_each_configuration_once(tmp_path: Path, cache_dir: Path) -> None:
+    """The same 4-job sweep started twice at once: every configuration is trained by exactly
+    one of them (the other skips it, locked or already finished), and every record is complete."""
+    runs = tmp_path / "runs"
+    env = {**os.environ, **OFFLINE, "GLUE_DIR": str(GLUE)}
+
+    def sweep(name: str) -> subprocess.Popen:
+        cmd = [sys.executable, str(ROOT / "run.py"), "-m", "seed=0,1,2,3", *TINY, f"results_dir={runs}",
+               f"data.cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path / name}"]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+
+    procs = [sweep("a"), sweep("b")]
+    outs = [p.communicate(timeout=1200) for p in procs]
+    for _, err in outs:
+        assert "Traceback" not in err, err
+    stdout = "\n".join(out for out, _ in outs)
+    assert stdout.count("selected step") == 4, stdout  # trained: 4, one per configuration
+    skipped = [line for line in stdout.splitlines() if line.startswith("skipped: ")]
+    assert len(skipped) == 4, stdout
+    paths = sorted(runs.rglob("*.json"))
+    assert len(paths) == 4 and not list(runs.rglob("*.lock"))
+    recs = [read(p) for p in paths]
+    assert sorted(r["seed"] for r in recs) == [0, 1, 2, 3]
+    for r in recs:
+        assert r["status"] == "finished" and [h["step"] for h in r["history"]] == [2, 4]
+        assert r["selected"] in r["history"] and r["finished_at"]
