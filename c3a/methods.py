@@ -41,6 +41,43 @@ class Adapted:
         terms = [m.regularizer() for m in self.model.modules() if hasattr(m, "regularizer")]
         return self.reg_lambda * torch.stack(terms).sum()
 
+    def save(self, out_dir, head_modules: Sequence[str]):
+        """Write the trained state to `out_dir` (returned as a Path) in the method's own format:
+        a PEFT adapter (PEFT methods; C3A through `export_peft`) with the head as PEFT's
+        `modules_to_save`, loadable with `PeftModel.from_pretrained(base, out_dir)`; otherwise
+        the whole model with the method merged into its weights (transformers'
+        `save_pretrained`, loadable with `AutoModelForSequenceClassification.from_pretrained`)."""
+        import copy
+        from pathlib import Path
+
+        from peft import PeftModel
+        from peft.utils.other import set_additional_trainable_modules
+
+        from c3a.peft_export import export_peft
+
+        out = Path(out_dir)
+        if isinstance(self.model, PeftModel):
+            # The head was trained in place, not through PEFT: declare it modules_to_save on a
+            # copy so that PEFT saves (and later loads) it with the adapter.
+            model = copy.deepcopy(self.model)
+            name = model.active_adapter
+            config = copy.copy(model.peft_config[name])
+            config.modules_to_save = sorted({*(config.modules_to_save or []), *head_modules})
+            model.peft_config[name] = config
+            set_additional_trainable_modules(model, config, model.config, name)
+            model.save_pretrained(out)
+        elif any(isinstance(m, C3ALinear) for m in self.model.modules()):
+            export_peft(self.model, out, modules_to_save=list(head_modules))
+        else:  # no adapter format: merge the layers that have one (Givens) into plain linears
+            model = copy.deepcopy(self.model)
+            for layer_name, layer in list(model.named_modules()):
+                if isinstance(layer, GivensLinear):
+                    layer.merge()
+                    parent, _, child = layer_name.rpartition(".")
+                    setattr(model.get_submodule(parent) if parent else model, child, layer.base_layer)
+            model.save_pretrained(out)
+        return out
+
 
 def _peft(model: nn.Module, peft_config) -> nn.Module:
     from peft import get_peft_model

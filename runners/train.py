@@ -15,6 +15,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from c3a.methods import Adapted
 from runners import metrics
+from runners.checkpoint import Checkpoint, load_trainable, rng_state, set_rng_state, trainable_state
 from runners.data import loader, task_test_sets
 from runners.errors import HarnessError, TrainingFailed
 
@@ -56,9 +57,14 @@ def evaluate(model: torch.nn.Module, batches, names: list[str], device: torch.de
 
 
 def train(
-    adapted: Adapted, data: DatasetDict, tokenizer, cfg: DictConfig, device: torch.device, log=None
+    adapted: Adapted, data: DatasetDict, tokenizer, cfg: DictConfig, device: torch.device, log=None,
+    ckpt: Checkpoint | None = None,
 ) -> dict:
-    """Train and evaluate; returns {"history": [...], "selected": {...}}."""
+    """Train and evaluate; returns {"history": [...], "selected": {...}}.
+
+    With `ckpt`, the state is saved at every evaluation point and a saved state is continued
+    from. With `trainer.save_model`, the model is left at the selected point's trained state.
+    """
     t, metric = cfg.trainer, cfg.task.metric
     model = adapted.model.to(device)
     model.train()
@@ -78,9 +84,30 @@ def train(
 
     history: list[dict] = []
     step, running, since = 0, torch.zeros((), device=device), 0
-    bar = tqdm(total=total, disable=not t.progress, desc=f"{cfg.method.name}/{cfg.task.name}")
+    kept = None  # {"step", "params"}: the best validation point so far, when the model is to be saved
+    order = train_dl.sampler.generator  # RandomSampler and LengthGroupedSampler draw each epoch's order from it
+    resume = ckpt.load() if ckpt is not None else None
+    ckpt_every = t.checkpoint.every_steps or eval_every
+    if resume is not None:
+        load_trainable(model, resume["params"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        step, since, history, kept = resume["step"], resume["since"], resume["history"], resume["kept"]
+        running = resume["running"].to(device)
+    bar = tqdm(total=total, initial=step, disable=not t.progress, desc=f"{cfg.method.name}/{cfg.task.name}")
     while step < total:
-        for batch in train_dl:
+        if resume is not None:
+            order.set_state(resume["epoch_order"])
+        epoch_order, batches, done = order.get_state(), iter(train_dl), 0
+        if resume is not None:  # the same epoch order, its consumed batches drawn but not trained on
+            for _ in range(resume["batches_done"]):
+                next(batches)
+            done = resume["batches_done"]
+            set_rng_state(resume["rng"])  # last: drawing the order above may consume the global RNG
+            resume = None
+        for batch in batches:
+            done += 1
             batch = batch.to(device)
             with autocast(device, t.precision):
                 loss = model(**batch).loss + adapted.regularizer()
@@ -115,8 +142,20 @@ def train(
                 history.append(point)
                 if log is not None:
                     log(point)
+                if t.save_model and int(np.argmax([h["validation"] for h in history])) == len(history) - 1:
+                    kept = {"step": step, "params": trainable_state(model)}  # same rule as the selection below
+            # At evaluation points (and every checkpoint.every_steps); the final step is followed by the record.
+            if ckpt is not None and step < total and (step % eval_every == 0 or step % ckpt_every == 0):
+                ckpt.save({
+                    "step": step, "history": history, "kept": kept, "params": trainable_state(model),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": rng_state(), "epoch_order": epoch_order,
+                    "batches_done": done, "running": running.cpu(), "since": since,
+                })
             if step == total:
                 break
     bar.close()
+    if kept is not None:
+        load_trainable(model, kept["params"])
     best = int(np.argmax([h["validation"] for h in history]))  # first best on ties
     return {"history": history, "selected": history[best]}

@@ -1,0 +1,88 @@
+"""Checkpoints inside a run: what a relaunch needs to continue exactly where the run stopped.
+
+A run's checkpoint is one file, `<record path minus .json>.ckpt/state.pt`, replaced atomically
+at every evaluation point. It holds the trainable parameters only (the frozen backbone is
+rebuilt from the configuration and the seed), the optimizer, scheduler and grad scaler states,
+every RNG state, the position in the data order and the history so far, so disk use stays near
+the size of the trainable parameters plus the optimizer state.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+STATE_FILE = "state.pt"
+
+
+def checkpoint_dir(record_path: Path) -> Path:
+    return Path(record_path).with_suffix(".ckpt")
+
+
+def model_dir(record_path: Path) -> Path:
+    """Where `trainer.save_model=true` writes the selected point's trained state."""
+    return Path(record_path).with_suffix(".model")
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies (on the CPU) of the parameters training changes."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for name, value in state.items():
+        params[name].copy_(value)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpoint:
+    """A run's checkpoint directory; `keep=True` leaves it in place when the run ends."""
+
+    def __init__(self, directory: Path, keep: bool = False) -> None:
+        self.dir, self.keep = Path(directory), keep
+        self.resumed_from_step: int | None = None
+
+    @property
+    def file(self) -> Path:
+        return self.dir / STATE_FILE
+
+    def load(self) -> dict[str, Any] | None:
+        """The last saved state, or None when the run has none (a fresh start)."""
+        if not self.file.is_file():
+            return None
+        # weights_only=False: the file holds numpy/python RNG states; it is this run's own file
+        state = torch.load(self.file, map_location="cpu", weights_only=False)
+        self.resumed_from_step = state["step"]
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Atomic: a run killed while saving leaves the previous checkpoint intact."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{STATE_FILE}.{os.getpid()}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.file)
+
+    def finish(self) -> None:
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,133 @@
+"""Checkpoints inside a run: a real run.py killed with SIGKILL after its second evaluation and
+relaunched ends with the uninterrupted run's record; the selected model, saved on request,
+loads back in its own format and reproduces the selected point's scores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import GLUE, OFFLINE, ROOT, compose, last_line
+
+# 96 rows / batch 16 = 6 batches an epoch: the kill lands mid-epoch and the relaunch crosses epochs.
+# MiniLM's dropout draws from the global torch RNG, LengthGroupedSampler from the loader's generator.
+ARGS = ["model=minilm", "task=rte", "method=lora", "data.max_train_samples=96", "data.max_eval_samples=64",
+        "data.max_seq_len=32", "trainer.batch_size=16", "trainer.eval_every_steps=4", "trainer.max_steps=16",
+        "trainer.num_threads=1", "trainer.lr=5e-3", "trainer.lr_head=5e-3", "trainer.save_model=true",
+        "trainer.progress=false"]
+SAME = ("history", "selected", "sizes", "trainable_params", "metric", "metrics", "test_sets")
+
+
+def command(results: Path, cache_dir: Path, tmp_path: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "run.py"), *ARGS, f"results_dir={results}", f"data.cache_dir={cache_dir}",
+            f"hydra.run.dir={tmp_path / 'hydra'}"]
+
+
+def launch(cmd: list[str], cwd: Path, **kw) -> subprocess.Popen:
+    env = {**os.environ, **OFFLINE, "GLUE_DIR": str(GLUE)}
+    return subprocess.Popen(cmd, cwd=cwd, env=env, text=True, **kw)
+
+
+def finish(cmd: list[str], cwd: Path) -> dict:
+    proc = launch(cmd, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, f"{out}\n{err}"
+    line = last_line(out)
+    assert line.startswith("record: "), out
+    return json.loads(Path(line.removeprefix("record: ")).read_text())
+
+
+def adapter_tensors(directory: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(directory) / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_killed_run_continues_to_the_uninterrupted_record(tmp_path: Path, cache_dir: Path) -> None:
+    """~60 s: three run.py processes of 16 LoRA steps on 96 real RTE rows."""
+    reference = finish(command(tmp_path / "ref", cache_dir, tmp_path), tmp_path)
+    assert reference["resumed_from_step"] is None
+    assert reference["selected"]["step"] != reference["history"][-1]["step"]  # the kept model is not the last
+
+    cmd = command(tmp_path / "runs", cache_dir, tmp_path)
+    proc = launch(cmd, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt_dirs = (tmp_path / "runs").glob("train/minilm/lora/rte/*.ckpt")
+    deadline, state = time.monotonic() + 300, None
+    try:
+        while state is None or state["step"] < 8:  # the second evaluation's checkpoint
+            assert proc.poll() is None, f"run ended before its second checkpoint: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no second checkpoint within 300 s"
+            time.sleep(0.02)
+            files = [d / "state.pt" for d in (tmp_path / "runs").glob("train/minilm/lora/rte/*.ckpt")]
+            if files and files[0].is_file():
+                state = torch.load(files[0], weights_only=False)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    (ckpt,) = ckpt_dirs
+    killed_at = torch.load(ckpt / "state.pt", weights_only=False)["step"]  # a later one may have landed
+    assert 8 <= killed_at < 16
+    assert not list((tmp_path / "runs").glob("train/minilm/lora/rte/*.json"))  # killed: no record yet
+
+    resumed = finish(cmd, tmp_path)
+    assert resumed["status"] == "finished" and resumed["resumed_from_step"] == killed_at
+    for key in SAME:
+        assert resumed[key] == reference[key], key
+    assert not ckpt.exists()  # removed once the record is written (trainer.checkpoint.keep=false)
+    kept, ref_kept = adapter_tensors(resumed["saved_model"]), adapter_tensors(reference["saved_model"])
+    assert kept.keys() == ref_kept.keys() and all(torch.equal(kept[k], ref_kept[k]) for k in kept)
+
+
+def scores_of(model: torch.nn.Module, cfg, sets: list[str]) -> dict:
+    """{set: {metric: value}} recomputed from a reloaded model."""
+    from runners.data import loader, prepare
+    from runners.models import build_tokenizer
+    from runners.train import evaluate
+
+    tokenizer = build_tokenizer(cfg.model)
+    data, _ = prepare(cfg, tokenizer)
+    return {name: evaluate(model, loader(data[name], tokenizer, cfg.trainer.eval_batch_size, False, False, cfg.seed),
+                           list(cfg.task.metrics), torch.device("cpu"), "fp32")
+            for name in sets}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "task", "lr"), [("lora", "rte", "5e-3"), ("qgoft", "stsb", "0.1")])
+def test_saved_model_reproduces_the_selected_point(tmp_path: Path, cache_dir: Path, method: str, task: str,
+                                                   lr: str) -> None:
+    """~15 s each, in process: LoRA reloads as a PEFT adapter, qGOFT as merged full weights."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from runners import record
+    from runners.job import run_job
+    from runners.models import build_model
+
+    overrides = [a for a in ARGS if not a.startswith(("method=", "task=", "trainer.lr"))]
+    cfg = compose(*overrides, f"method={method}", f"task={task}", f"trainer.lr={lr}", f"trainer.lr_head={lr}",
+                  f"results_dir={tmp_path}",
+                  f"data.cache_dir={cache_dir}", f"data.dir={GLUE}")
+    _, ok = run_job(cfg)
+    rec = record.read(record.record_path(cfg))
+    assert ok and rec["saved_model"]
+    selected = rec["selected"]
+    assert selected["step"] != rec["history"][-1]["step"], "the test needs a best point before the last"
+    saved = Path(rec["saved_model"])
+    if (saved / "adapter_config.json").is_file():
+        model = PeftModel.from_pretrained(build_model(cfg.model, cfg.task.num_labels), saved)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(saved)
+    scores = scores_of(model, cfg, ["validation", *rec["test_sets"]])
+    for name, values in selected["metrics"].items():
+        assert scores[name] == pytest.approx(values, abs=1e-6), name

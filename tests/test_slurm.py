@@ -1,0 +1,115 @@
+"""SLURM requeue, as far as it runs without a cluster: the launcher built from the composed config
+submits with the requeue settings, and the job submitit requeues (the launcher's `checkpoint`
+submission, called again) continues its run from the checkpoint instead of starting over."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra._internal.callbacks import Callbacks
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.plugins import Plugins
+from hydra.core.singleton import Singleton
+from hydra.types import HydraContext
+
+from conftest import GLUE, ROOT
+from runners.config import register_resolvers
+
+RUN = ["model=minilm", "task=rte", "method=lora", "data.max_train_samples=96", "data.max_eval_samples=32",
+       "data.max_seq_len=32", "trainer.batch_size=16", "trainer.eval_every_steps=4", "trainer.max_steps=12",
+       "trainer.num_threads=1", "trainer.progress=false"]
+
+
+@pytest.fixture
+def slurm_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """hydra/launcher=slurm instantiated by Hydra from the composed config (no sbatch anywhere)."""
+    fake_bin = tmp_path / "bin"  # submitit's executor looks for srun; nothing is ever submitted
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = hydra_compose("config", overrides=["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                            return_hydra_config=True)
+        ctx = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks())
+        import run
+
+        launcher = Plugins.instance().instantiate_launcher(hydra_context=ctx, task_function=run.main.__wrapped__,
+                                                           config=cfg)
+        yield launcher
+
+
+def test_submission_carries_the_requeue_settings(slurm_launcher) -> None:
+    """SlurmLauncher.launch itself builds the executor; it is stopped where it would submit."""
+    import submitit
+
+    class Submitted(Exception):
+        pass
+
+    def capture(executor, *args):
+        raise Submitted(executor)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(submitit.AutoExecutor, "map_array", capture)
+        with pytest.raises(Submitted) as caught:
+            slurm_launcher.launch([["seed=0"]], initial_job_idx=0)
+    executor = caught.value.args[0]._executor
+    assert executor.max_num_timeout == 3  # requeues after a time limit, then gives up
+    script = executor._make_submission_file_text("python run.py", "0")
+    assert "#SBATCH --signal=USR2@120" in script.splitlines()  # submitit's cue to requeue
+    assert "#SBATCH --requeue" in script.splitlines()  # SLURM may requeue after node failure/preemption
+    assert "#SBATCH --time=1440" in script.splitlines()
+
+
+@pytest.mark.slow
+def test_requeued_job_continues_from_its_checkpoint(slurm_launcher, tmp_path: Path, cache_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """~40 s, in process: the job is interrupted as submitit interrupts it on USR2 (its handler
+    exits in the middle of training, after the second evaluation), then the submission that
+    submitit requeues is called: it trains the rest, from the checkpoint."""
+    import submitit
+
+    from runners import record
+    from runners.checkpoint import Checkpoint
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("GLUE_DIR", str(GLUE))
+    overrides = [*RUN, f"results_dir={tmp_path / 'runs'}", f"data.cache_dir={cache_dir}"]
+    job = (overrides, "hydra.sweep.dir", 0, "job_id_for_0", Singleton.get_state())  # as launch() passes it
+    requeued = slurm_launcher.checkpoint(*job)  # what submitit pickles and runs again after a requeue
+    assert isinstance(requeued, submitit.helpers.DelayedSubmission) and requeued.function is slurm_launcher
+    pickled = tmp_path / "submitted.pkl"
+    requeued.dump(pickled)
+
+    save = Checkpoint.save
+
+    def save_then_signal(self, state):
+        save(self, state)
+        if state["step"] == 8:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    previous = signal.signal(signal.SIGUSR2, lambda *_: sys.exit(-1))  # submitit's handler ends with this
+    try:
+        with monkeypatch.context() as mp:
+            mp.setattr(Checkpoint, "save", save_then_signal)
+            with pytest.raises(SystemExit):
+                slurm_launcher(*job)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    (path,) = (tmp_path / "runs").glob("train/minilm/lora/rte/*.json")
+    interrupted = record.read(path)
+    assert interrupted["status"] == "failed" and path.with_suffix(".ckpt").is_dir()
+
+    submitit.helpers.DelayedSubmission.load(pickled).result()
+    rec = record.read(path)
+    assert rec["status"] == "finished" and rec["resumed_from_step"] == 8
+    assert [h["step"] for h in rec["history"]] == [4, 8, 12]
+    assert not path.with_suffix(".ckpt").exists()
