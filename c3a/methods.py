@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,14 +42,13 @@ class Adapted:
         terms = [m.regularizer() for m in self.model.modules() if hasattr(m, "regularizer")]
         return self.reg_lambda * torch.stack(terms).sum()
 
-    def save(self, out_dir, head_modules: Sequence[str]):
-        """Write the trained state to `out_dir` (returned as a Path) in the method's own format:
+    def save(self, out_dir: str | Path, head_modules: Sequence[str]) -> Path:
+        """Write the trained state to `out_dir` (returned) in the method's own format:
         a PEFT adapter (PEFT methods; C3A through `export_peft`) with the head as PEFT's
         `modules_to_save`, loadable with `PeftModel.from_pretrained(base, out_dir)`; otherwise
         the whole model with the method merged into its weights (transformers'
         `save_pretrained`, loadable with `AutoModelForSequenceClassification.from_pretrained`)."""
         import copy
-        from pathlib import Path
 
         from peft import PeftModel
         from peft.utils.other import set_additional_trainable_modules

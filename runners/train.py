@@ -62,8 +62,9 @@ def train(
 ) -> dict:
     """Train and evaluate; returns {"history": [...], "selected": {...}}.
 
-    With `ckpt`, the state is saved at every evaluation point and a saved state is continued
-    from. With `trainer.save_model`, the model is left at the selected point's trained state.
+    With `ckpt`, the state is saved at every evaluation point (and every
+    `trainer.checkpoint.every_steps`) and a saved state is continued from, exactly. With
+    `trainer.save_model`, the model is left at the selected point's trained state.
     """
     t, metric = cfg.trainer, cfg.task.metric
     model = adapted.model.to(device)

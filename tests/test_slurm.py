@@ -23,7 +23,7 @@ from runners.config import register_resolvers
 
 RUN = ["model=minilm", "task=rte", "method=lora", "data.max_train_samples=96", "data.max_eval_samples=32",
        "data.max_seq_len=32", "trainer.batch_size=16", "trainer.eval_every_steps=4", "trainer.max_steps=12",
-       "trainer.num_threads=1", "trainer.progress=false"]
+       "trainer.num_threads=1", "trainer.progress=false", "trainer.checkpoint.every_steps=3"]
 
 
 @pytest.fixture
@@ -72,8 +72,9 @@ def test_submission_carries_the_requeue_settings(slurm_launcher) -> None:
 def test_requeued_job_continues_from_its_checkpoint(slurm_launcher, tmp_path: Path, cache_dir: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """~40 s, in process: the job is interrupted as submitit interrupts it on USR2 (its handler
-    exits in the middle of training, after the second evaluation), then the submission that
-    submitit requeues is called: it trains the rest, from the checkpoint."""
+    exits in the middle of training, here just after the step-6 checkpoint, between evaluations),
+    then the submission that submitit requeues is called: it trains the rest from the checkpoint
+    and ends with the record of an uninterrupted run."""
     import submitit
 
     from runners import record
@@ -93,7 +94,7 @@ def test_requeued_job_continues_from_its_checkpoint(slurm_launcher, tmp_path: Pa
 
     def save_then_signal(self, state):
         save(self, state)
-        if state["step"] == 8:
+        if state["step"] == 6:  # mid-interval: the running loss holds two steps
             os.kill(os.getpid(), signal.SIGUSR2)
 
     previous = signal.signal(signal.SIGUSR2, lambda *_: sys.exit(-1))  # submitit's handler ends with this
@@ -110,6 +111,15 @@ def test_requeued_job_continues_from_its_checkpoint(slurm_launcher, tmp_path: Pa
 
     submitit.helpers.DelayedSubmission.load(pickled).result()
     rec = record.read(path)
-    assert rec["status"] == "finished" and rec["resumed_from_step"] == 8
+    assert rec["status"] == "finished" and rec["resumed_from_step"] == 6
     assert [h["step"] for h in rec["history"]] == [4, 8, 12]
     assert not path.with_suffix(".ckpt").exists()
+
+    from runners.job import run_job
+
+    run_job(hydra_compose("config", overrides=[*RUN[:-1], f"results_dir={tmp_path / 'ref'}",
+                                               f"data.cache_dir={cache_dir}"]))
+    (ref,) = (tmp_path / "ref").glob("train/minilm/lora/rte/*.json")
+    reference = record.read(ref)
+    assert reference["resumed_from_step"] is None
+    assert (rec["history"], rec["selected"]) == (reference["history"], reference["selected"])
