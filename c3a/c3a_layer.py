@@ -120,11 +120,25 @@ class SharedInput:
     input gradient) and keeps the others' until they are called with that same tensor. A
     member called with another input leaves the group and computes alone from then on, so
     linking layers that do not share their input costs one wasted delta, never a wrong one.
+
+    `share_inputs` also hooks the members' parent: within one forward of it, each member's
+    delta is computed ahead at most once, and a member called a second time (DeBERTa's
+    query_proj/key_proj on the relative-position embeddings) computes only its own delta;
+    a delta computed ahead and never taken is dropped when the parent's forward ends.
     """
 
     def __init__(self, layers: list[C3ALinear]) -> None:
         self.layers = layers
         self._pending: dict[int, tuple[Tensor, int, Tensor]] = {}  # id(layer) -> (x, x's version, delta)
+        self._served: set[int] | None = None  # members served in the parent's running forward; None outside
+
+    def begin(self, module: nn.Module, args: tuple) -> None:
+        """Forward pre-hook of the parent: a new forward, nothing served yet."""
+        self._pending, self._served = {}, set()
+
+    def end(self, module: nn.Module, args: tuple, output: object) -> None:
+        """Forward hook of the parent: drop what was computed ahead and never taken."""
+        self._pending, self._served = {}, None
 
     def delta(self, layer: C3ALinear, x: Tensor) -> Tensor:
         version = 0 if x.is_inference() else x._version  # inference tensors have no version counter
@@ -135,19 +149,24 @@ class SharedInput:
             self.layers.remove(layer)
             layer.shared_input = None
             return block_circular(x, layer.scaled_kernel(), layer.reference_grad)
-        members = [m for m in self.layers if not m.merged]
+        served = self._served if self._served is not None else set()
+        if id(layer) in served:  # a second call in this forward: nobody else reads this input
+            return block_circular(x, layer.scaled_kernel(), layer.reference_grad)
+        members = [m for m in self.layers if not m.merged and id(m) not in served]
         deltas = block_circular_shared(x, [m.scaled_kernel() for m in members], layer.reference_grad)
-        self._pending = {id(m): (x, version, d) for m, d in zip(members, deltas) if m is not layer}
+        self._pending.update({id(m): (x, version, d) for m, d in zip(members, deltas) if m is not layer})
+        served.update(id(m) for m in members)
         return deltas[members.index(layer)]
 
     def __getstate__(self) -> dict:
         # copies and pickles of the model never carry a pending delta (a non-leaf tensor)
-        return {"layers": self.layers, "_pending": {}}
+        return {"layers": self.layers, "_pending": {}, "_served": None}
 
 
 def share_inputs(model: nn.Module) -> list[SharedInput]:
     """Link the C3A layers that are children of one module and have the same input width,
     block size and gradient mode (query and value of each attention block); returns the groups.
+    The parent's forward hooks delimit a group's rounds (see `SharedInput`).
     """
     groups = []
     for parent in model.modules():
@@ -157,9 +176,12 @@ def share_inputs(model: nn.Module) -> list[SharedInput]:
                 siblings[(child.base_layer.in_features, child.block_size, child.reference_grad)].append(child)
         for layers in siblings.values():
             if len(layers) > 1:
-                groups.append(SharedInput(layers))
+                group = SharedInput(layers)
+                parent.register_forward_pre_hook(group.begin)
+                parent.register_forward_hook(group.end)
+                groups.append(group)
                 for layer in layers:
-                    layer.shared_input = groups[-1]
+                    layer.shared_input = group
     return groups
 
 

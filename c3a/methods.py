@@ -1,13 +1,16 @@
 """One interface through which every method is applied to a model.
 
-`apply_method(model, kind, head_modules, **options)` freezes the backbone, lets the method
-add or unfreeze its parameters, makes the head trainable and returns an `Adapted` that
-tells the trainer its parameter groups and its extra loss term. The runner never branches
-on a method's name.
+`apply_method(model, kind, head_modules, layout=..., roles=..., **options)` freezes the
+backbone, lets the method add or unfreeze its parameters, makes the head trainable and
+returns an `Adapted` that tells the trainer its parameter groups and its extra loss term.
+A method names roles (query, value, ...); the model's `Layout` turns them into module names,
+and every role must be adapted in every encoder layer, or nothing trains. The runner never
+branches on a method's name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,7 @@ from torch import nn
 
 from c3a.c3a_layer import C3ALinear, share_inputs
 from c3a.givens import GivensLinear
-from c3a.modules import replace_linears
+from c3a.modules import Layout, replace_linears
 
 
 @dataclass
@@ -133,23 +136,60 @@ METHODS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear)
+
+
+def _is_adapted(module: nn.Module) -> bool:
+    # after the backbone is frozen, only a module the method wrapped or replaced trains
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _targets(kind: str, options: dict, layout: Layout, roles: Sequence[str],
+             feedforward_roles: Sequence[str]) -> dict:
+    """The method's options with its targets built from the roles: `target_modules` (and
+    (IA)3's `feedforward_modules`) inside a PEFT config, or our methods' `target_modules`."""
+    if not set(feedforward_roles) <= set(roles):
+        raise ValueError(f"feedforward_roles {list(feedforward_roles)} must be among roles {list(roles)}")
+    targets = {"target_modules": layout.pattern(roles)}
+    if feedforward_roles:
+        targets["feedforward_modules"] = layout.pattern(feedforward_roles)
+    if kind == "peft":  # replace() re-runs the PEFT config's own validation
+        return {**options, "peft_config": dataclasses.replace(options["peft_config"], **targets)}
+    return {**options, **targets}
+
+
 def apply_method(
     model: nn.Module,
     kind: str,
     head_modules: Sequence[str] = ("classifier",),
     reg_lambda: float = 0.0,
     no_decay: Sequence[str] = (),
+    layout: Layout | None = None,
+    roles: Sequence[str] = (),
+    feedforward_roles: Sequence[str] = (),
     **options,
 ) -> Adapted:
     """Apply method `kind` (a key of METHODS) to `model` in place.
 
     `head_modules` are the qualified names of the classification head (always trained);
     `no_decay` lists name fragments of method parameters excluded from weight decay.
+    `roles` (with the model's `layout`) name what the method adapts; before adapting, each
+    role must be one nn.Linear in every encoder layer, and after it, each of those must
+    train: otherwise ValueError naming the model, the role and what was found. Methods
+    without roles (BitFit, full) and direct calls with `target_modules` skip the check.
     """
     if kind not in METHODS:
         raise ValueError(f"unknown method kind {kind!r}; allowed: {', '.join(METHODS)}")
+    if roles:
+        if layout is None:
+            raise ValueError(f"the method names roles {list(roles)}: apply_method needs the model's layout")
+        layout.check(model, roles, _is_linear, "an nn.Linear")
+        options = _targets(kind, options, layout, roles, feedforward_roles)
     model.requires_grad_(False)
     model = METHODS[kind](model, **options)
+    if roles:  # PEFT skips what it cannot wrap without a word: nothing may be left out
+        layout.check(model, roles, _is_adapted, "an adapted module")
 
     head, method, method_no_decay = [], [], []
     for name, param in model.named_parameters():

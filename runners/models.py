@@ -1,11 +1,22 @@
-"""Building models and tokenizers from the `model` config group."""
+"""Building models, tokenizers and the role layout from the `model` config group."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+from c3a.modules import Layout
 from runners.errors import HarnessError
+
+FAMILY_DIR = Path(__file__).resolve().parents[1] / "conf" / "family"
 
 
 def minilm_path() -> str:
@@ -44,3 +55,48 @@ def build_tokenizer(model_cfg: DictConfig):
         return AutoTokenizer.from_pretrained(model_cfg.name_or_path)
     except OSError as e:
         raise HarnessError(f"cannot load tokenizer {model_cfg.name_or_path!r}: {str(e).splitlines()[0]}") from e
+
+
+def checkpoint_config(model_cfg: DictConfig) -> PretrainedConfig:
+    """The model's transformers config without its weights: the yaml's `config` values, or
+    the checkpoint's config.json."""
+    try:
+        if model_cfg.get("config"):
+            return AutoConfig.for_model(**OmegaConf.to_container(model_cfg.config))
+        return AutoConfig.from_pretrained(model_cfg.name_or_path)
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"cannot read the config of model {model_cfg.name_or_path!r}: "
+                           f"{str(e).splitlines()[0]}") from e
+
+
+def family_of(model_cfg: DictConfig, model_type: str) -> DictConfig:
+    """The model's family (conf/family/*.yaml): the one its yaml composes, which must serve
+    its model_type, or (`family: null`, e.g. `model=hub`) the family listing that model_type."""
+    if model_cfg.get("family"):
+        family = model_cfg.family
+        if model_type not in family.model_types:
+            raise HarnessError(f"model {model_cfg.name}: family {family.name} serves model types "
+                               f"{list(family.model_types)}, the checkpoint's model_type is {model_type!r}")
+        return family
+    families = [OmegaConf.load(path) for path in sorted(FAMILY_DIR.glob("*.yaml"))]
+    for family in families:
+        if model_type in family.model_types:
+            return family
+    known = ", ".join(sorted(t for f in families for t in f.model_types))
+    raise HarnessError(f"model {model_cfg.name}: no family in conf/family serves model_type {model_type!r}; "
+                       f"known model types: {known} (add a family file, see README)")
+
+
+def model_layout(model_cfg: DictConfig) -> tuple[Layout, list[str]]:
+    """Where the model keeps each role's linear (its family's names, its layer count) and
+    its head modules (the model yaml's, else the family's)."""
+    config = checkpoint_config(model_cfg)
+    family = family_of(model_cfg, config.model_type)
+    layout = Layout(
+        model=model_cfg.name,
+        layers=family.layers,
+        num_layers=model_cfg.get("num_layers") or config.num_hidden_layers,
+        roles=dict(family.roles),
+        fused={linear: list(roles) for linear, roles in family.fused.items()},
+    )
+    return layout, list(model_cfg.get("head_modules") or family.head)
