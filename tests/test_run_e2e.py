@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import last_line
+from conftest import ROOT, last_line
 
 pytestmark = pytest.mark.slow
 QUICK = ["trainer.max_steps=3", "trainer.batch_size=8", "data.max_train_samples=64", "data.max_eval_samples=32",
@@ -32,6 +33,10 @@ def test_task_produces_a_record(run_cli, task: str, metric: str) -> None:
     assert rec["selected"] in rec["history"]
     assert rec["config"]["task"]["metric"] == metric and rec["environment"]["packages"]["torch"]
     assert rec["peak_memory_gb"] > 0 and rec["wall_time_s"] > 0
+    assert rec["overrides"][:2 + len(QUICK)] == [f"task={task}", "method=lora", *QUICK]  # hydra.* excluded
+    commit = rec["code_version"]["commit"]  # a commit of this checkout
+    assert subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT).returncode == 0
+    assert isinstance(rec["code_version"]["dirty"], bool)
 
 
 def test_finished_run_is_skipped_unless_forced(run_cli) -> None:
