@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runners.lock import RunLock
+from runners.lock import RunLock, pid_alive
 
 
 def dead_pid() -> int:
@@ -41,6 +41,17 @@ def test_a_live_lock_is_refused_and_released(tmp_path: Path) -> None:
     assert not path.exists()
     assert second.acquire()
     second.release()
+
+
+def test_a_killed_but_unreaped_process_is_dead(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert pid_alive(proc.pid)
+    proc.kill()
+    deadline = time.time() + 10
+    while pid_alive(proc.pid) and time.time() < deadline:  # a zombie until wait() reaps it
+        time.sleep(0.01)
+    assert not pid_alive(proc.pid)
+    proc.wait()
 
 
 @pytest.mark.parametrize(("owner", "age_s", "taken"), [
