@@ -46,7 +46,7 @@ def build_model(model_cfg: DictConfig, num_labels: int) -> PreTrainedModel:
         else:
             config = AutoConfig.from_pretrained(model_cfg.name_or_path, num_labels=num_labels)
         return AutoModelForSequenceClassification.from_config(config, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: e.g. an attn_implementation the model lacks (DeBERTa: sdpa)
         raise HarnessError(f"cannot load model {model_cfg.name_or_path!r}: {str(e).splitlines()[0]}") from e
 
 
