@@ -4,7 +4,9 @@
 O_CREAT|O_EXCL (atomic on local filesystems and NFSv3+) that names its owner. The owner
 refreshes its modification time from a daemon thread while it lives; a lock is stale, and
 may be taken over, when its owner is on this host and its pid is dead, or when it has not
-been refreshed for `stale_after_s` (owners on other hosts, hung processes)."""
+been refreshed for `stale_after_s` (owners on other hosts, hung processes). Staleness by
+time compares the file's modification time with this host's clock: keep clocks in sync (NTP)
+and `stale_after_s` well above `refresh_s` and any clock skew."""
 
 from __future__ import annotations
 
@@ -78,22 +80,25 @@ class RunLock:
         return True
 
     def _break(self, seen: dict[str, Any]) -> None:
-        """Remove a stale lock, unless another process replaced it since it was judged stale."""
-        grave = self.path.with_name(f"{self.path.name}.{self.owner['token']}.stale")
+        """Remove the stale lock `seen`. Breakers take turns through a second file, so none
+        removes a lock that another breaker has just taken over (its token differs from the
+        one judged stale); a breaker that finds the turn taken leaves the lock to its holder."""
+        turn = self.path.with_name(self.path.name + ".break")
         try:
-            os.rename(self.path, grave)  # atomic: of several breakers, one moves it
-        except FileNotFoundError:
+            os.close(os.open(turn, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            try:
+                if time.time() - turn.stat().st_mtime > self.stale_after_s:  # its breaker died mid-break
+                    turn.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
             return
         try:
-            moved = json.loads(grave.read_text())
-        except (OSError, ValueError):
-            moved = {}
-        if moved.get("token") != seen.get("token"):
-            try:  # a fresh lock taken just before the rename: put it back
-                os.link(grave, self.path)
-            except OSError:
-                pass
-        grave.unlink(missing_ok=True)
+            owner = self.read()
+            if owner is not None and owner.get("token") == seen.get("token") and self.stale(owner):
+                self.path.unlink(missing_ok=True)
+        finally:
+            turn.unlink(missing_ok=True)
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
