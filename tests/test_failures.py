@@ -45,6 +45,16 @@ def test_an_option_error_is_recorded_under_the_fallback_path(tmp_path: Path) -> 
     assert len(rec["code_version"]["commit"]) == 40 and isinstance(rec["code_version"]["dirty"], bool)
 
 
+def test_a_config_that_does_not_resolve_is_recorded_under_the_fallback_path(tmp_path: Path) -> None:
+    from runners.job import run_job
+
+    result = run_job(compose("model=roberta-base", "method=c3a_b6", "task=wnli", f"results_dir={tmp_path}"))
+    rec = read(result["record"])
+    assert result["status"] == "failed" and Path(result["record"]).parent == tmp_path / "failed"
+    assert rec["reason"].startswith("config: ") and "no row for model=roberta-base task=wnli" in rec["reason"]
+    assert (rec["method"], rec["task"]) == ("c3a_b6", "wnli") and rec["config"]["trainer"]["epochs"].startswith("${")
+
+
 def test_a_data_error_is_recorded_at_the_record_path(tmp_path: Path, rte_only: Path, capsys) -> None:
     from runners import record
     from runners.job import run_job
