@@ -64,12 +64,14 @@ def adapted_model(cfg: DictConfig, pretrained: bool | None = None) -> Adapted:
 
 
 def device_of(cfg: DictConfig) -> torch.device:
-    want = cfg.trainer.device
+    want = cfg.trainer.device  # auto, cpu or cuda: conf/checks.yaml allows nothing else
     if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and not torch.cuda.is_available():
         raise HarnessError("trainer.device=cuda but no CUDA device is available")
-    return torch.device(want)  # cpu or cuda: conf/checks.yaml allows nothing else
+    if cfg.trainer.precision == "fp16" and want != "cuda":  # before any data or model is loaded
+        raise HarnessError("trainer.precision=fp16 needs CUDA; use bf16 or fp32 on CPU")
+    return torch.device(want)
 
 
 def count(cfg: DictConfig) -> str:
@@ -145,6 +147,8 @@ def fit(cfg: DictConfig, path: Path) -> str:
     crash = None
     c = cfg.trainer.checkpoint
     ckpt = Checkpoint(checkpoint_dir(path), keep=c.keep) if c.enabled else None
+    if ckpt is not None and record.finished(path):  # force=true: a kept checkpoint must not shortcut the re-run
+        ckpt.clear()
     try:
         rec.update(train(adapted, data, tokenizer, cfg, device, log=logger.log, ckpt=ckpt))
         rec["resumed_from_step"] = ckpt.resumed_from_step if ckpt is not None else None

@@ -79,6 +79,15 @@ def test_a_model_that_cannot_load_is_recorded(tmp_path: Path) -> None:
     assert rec["status"] == "failed" and rec["reason"].startswith("cannot load tokenizer 'nobody/no-such-model'")
 
 
+def test_fp16_on_cpu_fails_before_the_data(tmp_path: Path) -> None:
+    from runners.job import run_job
+
+    cfg = compose("trainer.precision=fp16", "trainer.device=cpu", f"data.dir={tmp_path}/no_glue",
+                  f"results_dir={tmp_path / 'runs'}", *TINY)
+    rec = read(run_job(cfg)["record"])  # the missing data would be the error after the device
+    assert rec["status"] == "failed" and rec["reason"] == "trainer.precision=fp16 needs CUDA; use bf16 or fp32 on CPU"
+
+
 def test_a_forced_rerun_that_fails_keeps_the_finished_record(tmp_path: Path, rte_only: Path) -> None:
     from runners import record
     from runners.job import run_job
