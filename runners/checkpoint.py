@@ -84,5 +84,9 @@ class Checkpoint:
         os.replace(tmp, self.file)
 
     def finish(self) -> None:
+        """The run has ended: remove the checkpoint unless asked to keep it."""
         if not self.keep:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self.clear()
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

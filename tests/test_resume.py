@@ -159,3 +159,25 @@ def test_every_method_saves_a_model_that_loads_back(tmp_path: Path, method: str)
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, adapted.model(input_ids=ids).logits,
                                    rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_kept_checkpoint_stays_and_a_forced_rerun_starts_over(tmp_path: Path, cache_dir: Path) -> None:
+    """~20 s, in process: trainer.checkpoint.keep=true leaves <record>.ckpt/ in place; force=true
+    then trains from step 0 instead of continuing from it."""
+    from runners import record
+    from runners.checkpoint import checkpoint_dir
+    from runners.job import run_job
+
+    quick = [a for a in ARGS if not a.startswith(("trainer.max_steps", "data.max_eval", "trainer.save_model"))]
+    args = [*quick, "trainer.max_steps=8", "data.max_eval_samples=16", "trainer.checkpoint.keep=true",
+            f"results_dir={tmp_path}", f"data.cache_dir={cache_dir}", f"data.dir={GLUE}"]
+    cfg = compose(*args)
+    run_job(cfg)
+    path = record.record_path(cfg)
+    first = record.read(path)
+    assert torch.load(checkpoint_dir(path) / "state.pt", weights_only=False)["step"] == 4
+    run_job(compose(*args, "force=true"))
+    again = record.read(path)
+    assert again["started_at"] != first["started_at"] and again["resumed_from_step"] is None
+    assert again["history"] == first["history"]
