@@ -3,6 +3,7 @@ early option errors, and two sweeps of the same configurations started at once."
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -140,6 +141,16 @@ def test_a_sweep_records_its_failed_jobs_and_goes_on(run_cli, tmp_path: Path, rt
         assert rec["reason"] == "trainer.precision='fp33'; allowed: fp32, bf16, fp16"
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 3, proc.stderr
+
+    # and the table lists them as failures (table2_failures.csv)
+    table = subprocess.run([sys.executable, "-m", "runners.table", "--runs", str(tmp_path / "runs"), "--out",
+                            str(tmp_path / "tables")], capture_output=True, text=True, cwd=ROOT)
+    assert table.returncode == 0, table.stderr
+    with open(tmp_path / "tables" / "table2_failures.csv") as f:
+        listed = {row["path"]: row for row in csv.DictReader(f)}
+    failed = {str(p) for p in (tmp_path / "runs").rglob("*.json") if read(p)["status"] == "failed"}
+    assert set(listed) == failed and len(failed) == 3
+    assert all(row["status"] == "failed" and row["reason"] for row in listed.values())
 
 
 @pytest.mark.slow
