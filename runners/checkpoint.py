@@ -1,10 +1,11 @@
 """Checkpoints inside a run: what a relaunch needs to continue exactly where the run stopped.
 
 A run's checkpoint is one file, `<record path minus .json>.ckpt/state.pt`, replaced atomically
-at every evaluation point. It holds the trainable parameters only (the frozen backbone is
-rebuilt from the configuration and the seed), the optimizer, scheduler and grad scaler states,
-every RNG state, the position in the data order and the history so far, so disk use stays near
-the size of the trainable parameters plus the optimizer state.
+at every evaluation point (and every `trainer.checkpoint.every_steps`). It holds the trainable
+parameters only (the frozen backbone is rebuilt from the configuration and the seed), the
+optimizer, scheduler and grad scaler states, every RNG state, the position in the data order
+and the history so far, so disk use stays near the size of the trainable parameters plus the
+optimizer state.
 """
 
 from __future__ import annotations
