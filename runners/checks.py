@@ -24,7 +24,7 @@ def rules() -> dict[str, Any]:
 def allowed(rule: list | dict) -> str:
     """What a rule allows, in words."""
     if isinstance(rule, list):
-        return ", ".join(map(str, rule))
+        return ", ".join("null" if v is None else str(v) for v in rule)  # as written on the command line
     kind = {"int": "an integer", "float": "a number", "bool": "true or false"}[rule["type"]]
     if "min" in rule and "max" in rule:
         kind += f" from {rule['min']} to {rule['max']}"

@@ -99,6 +99,8 @@ def test_every_method_and_task_passes_the_option_checks() -> None:
     ("protocol.name=dev", "protocol.name='dev'; allowed: train_val_dev_test, dev_halves, dev_dev"),
     ("memory.steps=x", "memory.steps='x'; allowed: an integer >= 1"),
     ("mode=fly", "mode='fly'; allowed: train, count, memory"),
+    ("search.stage=3", "search.stage=3; allowed: null, 1, 2"),
+    ("trainer.checkpoint.keep=yes", "trainer.checkpoint.keep='yes'; allowed: true or false"),
 ])
 def test_bad_options_are_named_with_what_is_allowed(override: str, message: str) -> None:
     from runners import checks
