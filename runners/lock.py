@@ -44,8 +44,7 @@ class RunLock:
     def __init__(self, path: Path, stale_after_s: float = 600.0, refresh_s: float = 30.0) -> None:
         self.path = Path(path)
         self.stale_after_s, self.refresh_s = stale_after_s, refresh_s
-        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
-                      "since": datetime.now(timezone.utc).isoformat()}
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "since": None}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -102,6 +101,7 @@ class RunLock:
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.owner["since"] = datetime.now(timezone.utc).isoformat()
         for _ in range(2):  # the second try follows a stale lock broken (or a lock released meanwhile)
             if self._create():
                 self._thread = threading.Thread(target=self._refresh, name=f"lock {self.path.name}", daemon=True)
