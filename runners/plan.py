@@ -14,8 +14,8 @@ Nothing is trained and nothing is downloaded.
 
 from __future__ import annotations
 
-import copy
 import json
+import pickle
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +26,7 @@ from hydra._internal.callbacks import Callbacks
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.core.plugins import Plugins
 from hydra.errors import HydraException
 from hydra.types import HydraContext
@@ -62,11 +63,15 @@ def job_configs(jobs: list[list[str]], parser: OverridesParser) -> list[DictConf
     of their config-group choices, then get their values applied by Hydra's own override step:
     the result equals composing each job, in a fraction of the time on 1,000-run plans."""
     loader = GlobalHydra.instance().config_loader()
-    composed: dict[tuple[str, ...], DictConfig] = {}
+    composed: dict[tuple[str, ...], bytes] = {}  # pickled: unpickling a copy is ~7x faster than deepcopy
     is_group: dict[str, bool] = {}
+    parsed_one: dict[str, Override] = {}  # jobs repeat the same override strings: parse each once
     configs = []
     for job in jobs:
-        parsed = parser.parse_overrides(job)
+        for line in job:
+            if line not in parsed_one:
+                parsed_one[line] = parser.parse_overrides([line])[0]
+        parsed = [parsed_one[line] for line in job]
         for o in parsed:
             if o.key_or_group not in is_group:  # with the primary config's search path (plans)
                 is_group[o.key_or_group] = bool(loader.get_group_options(o.key_or_group, config_name="config"))
@@ -75,8 +80,8 @@ def job_configs(jobs: list[list[str]], parser: OverridesParser) -> list[DictConf
         values = [o for o, v in zip(parsed, is_value) if v]
         groups = tuple(o.input_line for o, v in zip(parsed, is_value) if not v)
         if groups not in composed:
-            composed[groups] = compose("config", overrides=list(groups))
-        cfg = copy.deepcopy(composed[groups])
+            composed[groups] = pickle.dumps(compose("config", overrides=list(groups)))
+        cfg = pickle.loads(composed[groups])
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
         configs.append(cfg)
     return configs

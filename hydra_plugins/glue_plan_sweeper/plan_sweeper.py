@@ -119,10 +119,12 @@ class PlanSweeper(BasicSweeper):
             own = {o.get_key_element() for o in parser.parse_overrides(entry_args)}
             rest = [a for a, o in zip(arguments, args) if o.get_key_element() not in own]
             parsed = parser.parse_overrides(self._parse_config() + entry_args + rest)
+            filters = own & wanted.keys()
             for job in BasicSweeper.split_arguments(parsed, None)[0]:
-                values = {o.get_key_element(): o.value() for o in parser.parse_overrides(job)}
-                if any(values[k] not in wanted[k] for k in own & wanted.keys()):
-                    continue
+                if filters:
+                    values = {o.get_key_element(): o.value() for o in parser.parse_overrides(job)}
+                    if any(values[k] not in wanted[k] for k in filters):
+                        continue
                 if tuple(sorted(job)) not in seen:
                     seen.add(tuple(sorted(job)))
                     jobs.append(job)
