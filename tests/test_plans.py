@@ -52,6 +52,8 @@ def test_plan_jobs_compose(hydra_app, plan: str) -> None:
     (["+plan=table2_base"], 6 * 5 * (5 * 4 * 2 + 2)),         # tasks x seeds x (grids + C3A rows)
     (["+plan=table2_large"], 6 * 5 * (5 * 4 * 2 + 2)),
     (["+plan=table2_memory"], 2 * 6 + 2 + 2 * 3),             # + qgoft, goft, full
+    (["+plan=qgoft_glue"], 8 * 5 * (2 + 3 * 4)),             # tasks x seeds x (goft, qgoft + 3 LR grids)
+    (["+plan=qgoft_glue", "method=lora_r2", "task=rte"], 4 * 5),
     (["+plan=minilm_mini", "method=lora", "task=rte"], 3),   # a key the grid sets filters it
     (["+plan=minilm_mini", "method=c3a_b1,bitfit", "seed=0"], 2 * 5),
     # 1e-3 is in all five baseline grids (x 2 head LRs); the C3A entries do not set trainer.lr: it applies
@@ -78,6 +80,34 @@ def test_mini_plan_budget_overrides_presets(hydra_app) -> None:
 def test_table2_baselines_get_the_c3a_budget(hydra_app) -> None:
     cfg, _ = hydra_cfg("+plan=table2_base", "method=lora", "model=roberta-base", "task=mrpc")
     assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.data.max_seq_len) == (80, 128, 512)
+
+
+def test_qgoft_plan_uses_the_paper_settings(hydra_app) -> None:
+    import pandas as pd
+
+    paper = pd.read_csv(ROOT / "conf" / "paper" / "qgoft_glue.csv").set_index("task")
+    for method, task in (("qgoft", "rte"), ("goft", "mrpc"), ("qgoft", "cola")):
+        cfg, _ = hydra_cfg("+plan=qgoft_glue", f"method={method}", f"task={task}", "model=deberta-v3-base")
+        row = paper.loc[task]
+        assert cfg.trainer.lr == row[f"lr_{method}"] and cfg.trainer.lr_head == cfg.trainer.lr  # head LR: ours
+        assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (row.epochs, row.batch_size)
+        assert cfg.data.max_seq_len == row.max_seq_len_adalora_setup
+        assert cfg.method.reg_lambda == (row.lambda_qgoft if method == "qgoft" else 0.0)
+    cfg, _ = hydra_cfg("+plan=qgoft_glue", "method=full", "task=mnli", "trainer.lr=2e-5")
+    assert (cfg.trainer.epochs, cfg.data.max_seq_len, cfg.trainer.lr_head) == (6, 256, 2e-5)
+    lrs = {o for job in expand("+plan=qgoft_glue", "task=rte", "seed=0") for o in job if o.startswith("trainer.lr=")}
+    assert len(lrs) == 8  # lora_r2 and oft_b8 share one grid, full has its own; goft/qgoft: the preset
+
+
+def test_every_multirun_uses_the_plan_sweeper_which_without_a_grid_is_the_basic_one(hydra_app) -> None:
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg, ctx = hydra_cfg()
+    assert cfg.hydra.sweeper._target_.endswith("PlanSweeper") and not cfg.hydra.sweeper.staged.enabled
+    args = ["task=rte,mrpc", "trainer.lr=1e-4,1e-3", "seed=0,1,2", "method=lora"]
+    parsed = OverridesParser.create(config_loader=ctx.config_loader).parse_overrides(args)
+    assert expand(*args) == BasicSweeper.split_arguments(parsed, None)[0]
 
 
 def test_slurm_launcher_instantiates_and_writes_sbatch(hydra_app, tmp_path: Path,

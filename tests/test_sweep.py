@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GLUE, OFFLINE, ROOT
+from conftest import GLUE, OFFLINE, ROOT, last_line
 
 pytestmark = pytest.mark.slow
 QUICK = ["model=minilm", "task=rte", "trainer.max_steps=2", "trainer.batch_size=8", "data.max_train_samples=32",
@@ -100,3 +100,18 @@ def test_sweep_resumes_after_kill_without_reruns_or_duplicates(run_cli, tmp_path
         assert f"{mean:.2f} ± {std:.2f}" in md
         assert row["avg"] == "" and row["sst2_mean"] == ""  # only RTE ran: missing, not zero
     assert not list(csv.DictReader((tmp_path / "tables" / "table2_failures.csv").open()))
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_failed_job_gives_the_summary_line_and_a_nonzero_exit(run_cli, launcher: str) -> None:
+    """A sweep with one good and one bad job (an LR that is not a number) runs both, prints the
+    summary last and exits 1, whichever launcher ran the jobs; relaunched, the good one is skipped."""
+    args = ["method=bitfit", *QUICK, "trainer.lr=1e-3,abc", f"hydra/launcher={launcher}"]
+    first = run_cli(*args, multirun=True, check=False)
+    assert first.returncode == 1, first.stderr[-2000:]
+    assert last_line(first.stdout) == "sweep: 1 finished, 0 skipped, 1 failed"
+    if launcher == "basic":
+        again = run_cli(*args, multirun=True, check=False)
+        assert again.returncode == 1 and last_line(again.stdout) == "sweep: 0 finished, 1 skipped, 1 failed"
+    fine = run_cli("method=bitfit", *QUICK, "trainer.lr=1e-3", f"hydra/launcher={launcher}", multirun=True)
+    assert last_line(fine.stdout) == "sweep: 0 finished, 1 skipped, 0 failed"
