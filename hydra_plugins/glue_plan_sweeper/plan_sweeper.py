@@ -166,7 +166,7 @@ def scored(result: JobReturn) -> tuple[tuple[str, str, str], float] | None:
     except (OSError, json.JSONDecodeError) as e:
         log.warning(f"staged search: cannot read {value['record']}: {e}")
         return None
-    if rec.get("status") != "finished":
+    if rec.get("status") != "finished" or not rec.get("selected"):  # failed, or a count/memory record
         return None
     score = float(rec["selected"]["validation"])
     return (rec["model"], rec["method"], rec["task"]), score if math.isfinite(score) else -math.inf
