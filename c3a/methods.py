@@ -32,6 +32,7 @@ class Adapted:
     method: list[nn.Parameter]      # what the method trains (weight decay applies)
     method_no_decay: list[nn.Parameter]
     reg_lambda: float = 0.0
+    head_modules: list[str] = dataclasses.field(default_factory=list)  # qualified names of the head
 
     @property
     def trainable_params(self) -> int:
@@ -45,7 +46,7 @@ class Adapted:
         terms = [m.regularizer() for m in self.model.modules() if hasattr(m, "regularizer")]
         return self.reg_lambda * torch.stack(terms).sum()
 
-    def save(self, out_dir: str | Path, head_modules: Sequence[str]) -> Path:
+    def save(self, out_dir: str | Path) -> Path:
         """Write the trained state to `out_dir` (returned) in the method's own format:
         a PEFT adapter (PEFT methods; C3A through `export_peft`) with the head as PEFT's
         `modules_to_save`, loadable with `PeftModel.from_pretrained(base, out_dir)`; otherwise
@@ -65,12 +66,12 @@ class Adapted:
             model = copy.deepcopy(self.model)
             name = model.active_adapter
             config = copy.copy(model.peft_config[name])
-            config.modules_to_save = sorted({*(config.modules_to_save or []), *head_modules})
+            config.modules_to_save = sorted({*(config.modules_to_save or []), *self.head_modules})
             model.peft_config[name] = config
             set_additional_trainable_modules(model, config, model.config, name)
             model.save_pretrained(out)
         elif any(isinstance(m, C3ALinear) for m in self.model.modules()):
-            export_peft(self.model, out, modules_to_save=list(head_modules))
+            export_peft(self.model, out, modules_to_save=list(self.head_modules))
         else:  # no adapter format: merge the layers that have one (Givens) into plain linears
             model = copy.deepcopy(self.model)
             for layer_name, layer in list(model.named_modules()):
@@ -201,4 +202,4 @@ def apply_method(
             (method_no_decay if any(f in name for f in no_decay) else method).append(param)
     if not head:
         raise ValueError(f"head_modules {list(head_modules)} matched no parameter of the model")
-    return Adapted(model, head, method, method_no_decay, reg_lambda)
+    return Adapted(model, head, method, method_no_decay, reg_lambda, list(head_modules))

@@ -20,16 +20,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from runners.record import CHECKPOINT_SUFFIX, MODEL_SUFFIX
+
 STATE_FILE = "state.pt"
 
 
 def checkpoint_dir(record_path: Path) -> Path:
-    return Path(record_path).with_suffix(".ckpt")
+    return Path(record_path).with_suffix(CHECKPOINT_SUFFIX)
 
 
 def model_dir(record_path: Path) -> Path:
     """Where `trainer.save_model=true` writes the selected point's trained state."""
-    return Path(record_path).with_suffix(".model")
+    return Path(record_path).with_suffix(MODEL_SUFFIX)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ def paper_table(name: str) -> pd.DataFrame:
     return pd.read_csv(PAPER_DIR / f"{name}.csv")
 
 
-def paper_value(table: str, model: str, task: str, column: str) -> int | float | str:
+def paper_value(table: str, model: str, task: str, column: str) -> int | float | str | None:
     """One cell of a paper's hyperparameter table (conf/paper/<table>.csv)."""
     df = paper_table(table)
     rows = df[(df.model == model) & (df.task == task)]
@@ -26,6 +26,8 @@ def paper_value(table: str, model: str, task: str, column: str) -> int | float |
         pairs = ", ".join(sorted({f"{m}/{t}" for m, t in zip(df.model, df.task)}))
         raise ValueError(f"paper table {table} has no row for model={model} task={task}; it has: {pairs}")
     value = rows.iloc[0][column]
+    if pd.isna(value):  # an empty cell: the option is unset (null)
+        return None
     return value.item() if hasattr(value, "item") else value
 
 

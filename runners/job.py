@@ -153,7 +153,7 @@ def fit(cfg: DictConfig, path: Path) -> str:
         rec.update(train(adapted, data, tokenizer, cfg, device, log=logger.log, ckpt=ckpt))
         rec["resumed_from_step"] = ckpt.resumed_from_step if ckpt is not None else None
         if cfg.trainer.save_model:  # train() left the model at the selected point
-            rec["saved_model"] = str(adapted.save(model_dir(path), list(cfg.model.head_modules)))
+            rec["saved_model"] = str(adapted.save(model_dir(path)))
         rec["status"] = "finished"
     except TrainingFailed as e:
         rec.update(status="failed", reason=str(e))

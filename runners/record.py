@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 NOT_IDENTITY = ("force", "results_dir", "logger", "trainer.progress", "trainer.num_threads", "data.dir",
                  "data.cache_dir", "search", "lock",
                  "trainer.checkpoint", "trainer.save_model")
+# Folders beside a record `<name>.json`: its checkpoint and its saved model (`<name>.ckpt/`, `<name>.model/`).
+CHECKPOINT_SUFFIX, MODEL_SUFFIX = ".ckpt", ".model"
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "scikit-learn", "numpy")
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from runners.record import NOT_IDENTITY
+from runners.record import CHECKPOINT_SUFFIX, MODEL_SUFFIX, NOT_IDENTITY
 from runners.table_layout import Column, Layout
 
 _LR_KEYS = {"trainer.lr", "trainer.lr_head"}
@@ -76,11 +76,13 @@ class Table:
 def load_records(runs: Path) -> list[dict[str, Any]]:
     """Every record under `runs` (train and memory), with its file in `_path`.
 
-    Temporary files of an interrupted write start with '.' and are skipped; unreadable
-    files become failed pseudo-records so they are listed, not lost."""
+    Temporary files of an interrupted write start with '.' and are skipped, and so are the
+    files inside a run's checkpoint and saved-model folders; unreadable files become failed
+    pseudo-records so they are listed, not lost."""
     records = []
     for path in sorted(Path(runs).rglob("*.json")):
-        if path.name.startswith("."):
+        inside = path.relative_to(runs).parents
+        if path.name.startswith(".") or any(p.suffix in (CHECKPOINT_SUFFIX, MODEL_SUFFIX) for p in inside):
             continue
         try:
             rec = json.loads(path.read_text())

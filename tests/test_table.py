@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -184,3 +185,14 @@ def test_staged_search_only_stage_two_settings_compete_and_are_marked(tmp_path: 
     tex = (out / "table2.tex").read_text()
     assert r"$61.00_{\pm 1.00}$$^\S$" in tex and r"$30.00_{\pm \mathrm{n/a}}$ &" in tex
     assert md.split("\n\n")[0].count("§") == 1  # the staged cell only
+
+
+def test_saved_model_and_checkpoint_files_are_not_records(tmp_path: Path) -> None:
+    """`trainer.save_model=true` leaves PEFT/transformers JSON files beside the record."""
+    run = tmp_path / "train" / "minilm" / "lora" / "rte" / "lr0.001-hlr0.002-s0-abc.json"
+    run.parent.mkdir(parents=True)
+    run.write_text(json.dumps({"status": "finished"}))
+    for folder in (run.with_suffix(".model"), run.with_suffix(".ckpt")):
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text("{}")
+    assert [r["_path"] for r in load_records(tmp_path)] == [str(run)]
