@@ -53,7 +53,7 @@ def test_same_seed_same_metrics(run_cli, tmp_path: Path) -> None:
     assert a["history"] == b["history"]
 
 
-@pytest.mark.parametrize(("group", "value", "allowed"), [("task", "mnli", "rte"), ("method", "lorax", "bitfit"),
+@pytest.mark.parametrize(("group", "value", "allowed"), [("task", "mnlx", "rte"), ("method", "lorax", "bitfit"),
                                                           ("model", "gpt5", "roberta-base")])
 def test_unknown_choice_lists_allowed_values(run_cli, group: str, value: str, allowed: str) -> None:
     proc = run_cli(f"{group}={value}", "mode=count", check=False)
