@@ -1,0 +1,83 @@
+"""The learning rate a pilot sweep chooses per method: `python -m runners.pilot --runs DIR [DIR ...]`.
+
+A pilot (e.g. sweeps/plan/minilm_glue_lr.yaml) runs every method at a few adapter learning
+rates on a few tasks with one seed, and the method then keeps one learning rate for every task
+of the real sweep. The choice here: per (model, method), the (lr, lr_head) with the best mean
+validation score (each task's headline metric at the run's selected point, averaged over seeds
+first) over the pilot's tasks (every task in the records, or --tasks). A setting that has not
+finished on all of them does not compete, so an unfinished pilot never picks from a partial view; ties go to the
+smaller learning rates, as in the table. Test scores are never read.
+
+Prints one row per setting with a column per task, the mean and `chosen`; --out writes the
+same as CSV. Records of one (method, task, lr, lr_head, seed) found twice (folders merged from
+several sessions): the latest finished one counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from runners.errors import HarnessError
+from runners.table_select import load_records
+
+KEYS = ["model", "method", "lr", "lr_head"]
+
+
+def pilot_grid(records: list[dict[str, Any]], tasks: list[str] | None = None) -> pd.DataFrame:
+    """One row per (model, method, lr, lr_head): validation per task, `mean` over the pilot's
+    tasks (default: all in the records; NaN until all finished) and `chosen` on each method's
+    best complete setting."""
+    rows = [{**{k: r[k] for k in KEYS}, "task": r["task"], "seed": r["seed"], "finished_at": r.get("finished_at", ""),
+             "validation": r["selected"]["validation"]}
+            for r in records if r.get("mode", "train") == "train" and r.get("status") == "finished"]
+    if not rows:
+        raise HarnessError("no finished train runs among the records")
+    runs = (pd.DataFrame(rows).sort_values("finished_at")
+            .drop_duplicates([*KEYS, "task", "seed"], keep="last"))
+    tasks = tasks or sorted(runs["task"].unique())
+    grid = (runs.pivot_table(index=KEYS, columns="task", values="validation", aggfunc="mean")
+            .reindex(columns=tasks))
+    grid.columns.name = None
+    grid["mean"] = grid[tasks].mean(axis=1, skipna=False)
+    grid["chosen"] = False
+    for _, group in grid.groupby(level=["model", "method"]):
+        complete = group["mean"].dropna()
+        if not complete.empty:  # best mean; ties: the smaller lr, then the smaller lr_head (index order)
+            grid.loc[complete.sort_index().idxmax(), "chosen"] = True
+    return grid.reset_index()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m runners.pilot", description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, nargs="+", required=True, help="the pilot's records folder(s)")
+    ap.add_argument("--tasks", nargs="+", help="the pilot's tasks (default: every task in the records)")
+    ap.add_argument("--out", type=Path, help="also write the grid to this CSV file")
+    args = ap.parse_args(argv)
+    try:
+        missing = [str(p) for p in args.runs if not p.is_dir()]
+        if missing:
+            raise HarnessError(f"no records folder {', '.join(missing)}")
+        grid = pilot_grid([r for folder in args.runs for r in load_records(folder)], args.tasks)
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(grid.to_string(index=False, float_format=lambda v: f"{v:.2f}",
+                         formatters={k: "{:g}".format for k in KEYS[2:]}))
+    undecided = sorted({f"{m}/{n}" for m, n in grid[KEYS[:2]].itertuples(index=False)}
+                       - {f"{m}/{n}" for m, n in grid.loc[grid["chosen"], KEYS[:2]].itertuples(index=False)})
+    if undecided:
+        print(f"no setting finished on every pilot task yet: {', '.join(undecided)}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        grid.to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The pilot's learning-rate choice (runners.pilot) on hand-made records with a known answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from table_records import rec, write
+
+from runners import pilot
+from runners.table_select import load_records
+
+
+def chosen(grid: pd.DataFrame) -> dict[str, float]:
+    return {m: lr for m, lr in grid.loc[grid["chosen"], ["method", "lr"]].itertuples(index=False)}
+
+
+def test_best_mean_validation_over_the_tasks_wins_and_test_is_never_read(tmp_path: Path) -> None:
+    # lr 1e-3 wins MRPC alone and has the best test scores; 3e-4 has the best mean validation
+    records = [rec("lora", "cola", 3e-4, 0, 30.0, 0.0), rec("lora", "mrpc", 3e-4, 0, 70.0, 0.0),
+               rec("lora", "cola", 1e-3, 0, 10.0, 99.0), rec("lora", "mrpc", 1e-3, 0, 80.0, 99.0)]
+    grid = pilot.pilot_grid(load_records(write(tmp_path, records)))
+    assert chosen(grid) == {"lora": 3e-4}
+    row = grid[grid["lr"] == 3e-4].iloc[0]
+    assert (row["cola"], row["mrpc"], row["mean"]) == (30.0, 70.0, 50.0)
+
+
+def test_a_setting_missing_a_task_does_not_compete(tmp_path: Path) -> None:
+    records = [rec("ia3", "cola", 1e-2, 0, 20.0, 0.0), rec("ia3", "mrpc", 1e-2, 0, 70.0, 0.0),
+               rec("ia3", "cola", 3e-2, 0, 90.0, 0.0),                      # MRPC not finished
+               rec("ia3", "mrpc", 3e-2, 0, 0.0, 0.0, status="failed")]
+    grid = pilot.pilot_grid(load_records(write(tmp_path, records)))
+    assert chosen(grid) == {"ia3": 1e-2}
+    assert grid.loc[grid["lr"] == 3e-2, "mean"].isna().all()
+
+
+def test_a_method_piloted_on_fewer_tasks_than_the_others_gets_no_choice(tmp_path: Path) -> None:
+    records = [rec("lora", "cola", 1e-3, 0, 20.0, 0.0), rec("lora", "mrpc", 1e-3, 0, 70.0, 0.0),
+               rec("vera", "cola", 1e-2, 0, 25.0, 0.0)]
+    grid = pilot.pilot_grid(load_records(write(tmp_path, records)))
+    assert chosen(grid) == {"lora": 1e-3}
+    only_cola = pilot.pilot_grid(load_records(tmp_path), tasks=["cola"])
+    assert chosen(only_cola) == {"lora": 1e-3, "vera": 1e-2}
+
+
+def test_seeds_are_averaged_ties_go_to_the_smaller_lr_and_the_latest_copy_counts(tmp_path: Path) -> None:
+    old = rec("full", "cola", 1e-4, 0, 99.0, 0.0) | {"finished_at": "2025-01-01T00:00:00"}
+    records = [old, rec("full", "cola", 1e-4, 0, 40.0, 0.0),                # the later copy of seed 0
+               rec("full", "cola", 1e-4, 1, 20.0, 0.0),                     # mean over seeds: 30
+               rec("full", "cola", 2e-4, 0, 30.0, 0.0)]                     # 30 too: the tie
+    grid = pilot.pilot_grid(load_records(write(tmp_path, records)))
+    assert grid.loc[grid["lr"] == 1e-4, "cola"].item() == 30.0
+    assert chosen(grid) == {"full": 1e-4}
+
+
+def test_cli_prints_writes_the_csv_and_names_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    records = [rec("bitfit", "cola", 3e-3, 0, 15.0, 0.0), rec("bitfit", "mrpc", 3e-3, 0, 75.0, 0.0),
+               rec("goft", "cola", 5e-4, 0, 10.0, 0.0)]
+    runs = write(tmp_path / "runs", records)
+    assert pilot.main(["--runs", str(runs), "--out", str(tmp_path / "pilot.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "0.003" in out and "no setting finished on every pilot task yet: minilm/goft" in out
+    assert chosen(pd.read_csv(tmp_path / "pilot.csv")) == {"bitfit": 3e-3}
+    assert pilot.main(["--runs", str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: no records folder {tmp_path / 'nowhere'}"
