@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 import transformers
 from omegaconf import DictConfig, OmegaConf
@@ -18,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from transformers import set_seed
 
 from c3a.methods import Adapted, apply_method
-from runners import checks, record
+from runners import checks, metrics, record
 from runners.checkpoint import Checkpoint, checkpoint_dir, model_dir
 from runners.data import prepare, task_test_sets
 from runners.errors import HarnessError, TrainingFailed
@@ -137,6 +138,8 @@ def fit(cfg: DictConfig, path: Path) -> str:
            "started_at": datetime.now(timezone.utc).isoformat(),
            "sizes": {split: len(data[split]) for split in data},
            "metrics": list(cfg.task.metrics), "test_sets": task_test_sets(cfg.task),
+           "baselines": {name: metrics.baselines(list(cfg.task.metrics), np.asarray(data[name]["labels"]))
+                         for name in task_test_sets(cfg.task)},
            **({} if skipped is None else {"skipped_rows": skipped})}
     rec.update(record.provenance())
     start = time.perf_counter()

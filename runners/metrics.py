@@ -30,6 +30,28 @@ def scores(metrics: list[str], labels: np.ndarray, outputs: np.ndarray) -> dict[
     return {m: score(m, labels, outputs) for m in metrics}
 
 
+def _majority(y: np.ndarray) -> tuple[float, float]:
+    """Accuracy: the majority class, and it plus two binomial standard errors."""
+    p = np.unique(y, return_counts=True)[1].max() / len(y)
+    return 100 * p, 100 * (p + 2 * np.sqrt(p * (1 - p) / len(y)))
+
+
+def _correlation(y: np.ndarray) -> tuple[float, float]:
+    """A correlation: a constant predictor scores 0; about 1/sqrt(n) is its sampling SD under independence."""
+    return 0.0, 200 / np.sqrt(len(y))
+
+
+# metric -> the best constant predictor's score on a set and the bar a run must clear to be
+# told apart from it (F1 has no such bar: not listed)
+BASELINES = {"accuracy": _majority, "matthews_correlation": _correlation, "pearson": _correlation,
+             "spearman": _correlation}
+
+
+def baselines(metrics: list[str], labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """{metric: {"constant": score, "bar": score}} of one evaluation set, for the metrics that have one."""
+    return {m: dict(zip(("constant", "bar"), map(float, BASELINES[m](labels)))) for m in metrics if m in BASELINES}
+
+
 def check(task: DictConfig) -> None:
     """Before training: every metric the task names exists, and the headline is among them."""
     unknown = [m for m in task.metrics if m not in METRICS]

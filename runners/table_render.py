@@ -24,6 +24,9 @@ MISSING = "–"
 CPU_MARK = "†"
 STAGED_MARK = "§"
 TIE_MARK = "‡"
+BELOW_MARK = "°"
+BELOW_NOTE = (f"{BELOW_MARK}: the mean does not clear its test set's bar, so it cannot be told from a constant "
+              "predictor (accuracy: the majority class + 2 binomial standard errors; a correlation: 2/sqrt(n)).")
 STAGED_NOTE = (f"{STAGED_MARK} setting chosen by a staged search: only the settings its second stage ran "
                "(on every seed) competed on validation.")
 TIE_NOTE = (f"Bold: the best mean of its model block per column; {TIE_MARK}: cannot be told apart from it at 95% "
@@ -126,11 +129,17 @@ def column_marks(table: Table) -> dict[tuple[str, str, str], str]:
     return marks
 
 
+def _below(row: pd.Series, key: str) -> bool:
+    margin = row.get(f"{key}_margin")
+    return margin is not None and not pd.isna(margin) and margin <= 0
+
+
 def _cell_md(row: pd.Series, display: _Display, marks: dict[tuple[str, str, str], str]) -> str:
     parts = []
     for c in display.columns:
         text, mark = score_text(row, c.key), marks.get((row["model"], row["method"], c.key))
-        parts.append(f"**{text}**" if mark == "best" else f"{text}{TIE_MARK}" if mark == "tie" else text)
+        text = f"**{text}**" if mark == "best" else f"{text}{TIE_MARK}" if mark == "tie" else text
+        parts.append(text + (BELOW_MARK if _below(row, c.key) else ""))
     staged = any(_staged(row, c.task) for c in display.columns)
     return " / ".join(parts) + (STAGED_MARK if staged else "")
 
@@ -161,10 +170,24 @@ def to_markdown(table: Table) -> str:
     notes = [*layout.notes]
     if marks:
         notes.append(TIE_NOTE)
+    if bars := _bars_text(table):
+        notes.append(f"Bars of the test sets: {bars}.")
+        if any(_below(row, c.key) for _, row in table.frame.iterrows() for c in layout.columns):
+            notes.append(BELOW_NOTE)
     if _any_staged(table):
         notes.append(STAGED_NOTE)
     notes.append(f"Protocol(s): {_protocols(table)}.")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+
+
+def _bars_text(table: Table) -> str:
+    """'SST-2 54.30, MRPC 72.99, ...': each column's bar, where the records carry one."""
+    found = []
+    for c in table.layout.columns:
+        bars = table.frame.get(f"{c.key}_bar", pd.Series(dtype=float)).dropna()
+        if len(bars):
+            found.append(f"{c.label} {bars.max():.2f}")
+    return ", ".join(found)
 
 
 def to_latex(table: Table) -> str:

@@ -8,7 +8,8 @@ selected point of those runs: mean ± sample std (ddof=1) over the seeds, with n
 std. When a staged search ran in a cell (some record has `config.search.stage == 2`), only
 settings holding a stage-2 run compete, so a one-seed stage-1 setting never wins over them,
 and the cell is marked. Failed runs are listed, never averaged. Memory comes from
-`mode=memory` records only.
+`mode=memory` records only. Where the records carry their test sets' baselines, each column
+also gets its bar (what a constant predictor cannot pass) and the cell's margin over it.
 """
 
 from __future__ import annotations
@@ -232,10 +233,27 @@ def _configs(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, A
     return out
 
 
+def _bars(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], float]:
+    """(task, set, metric) -> the bar a cell must clear to be told from a constant predictor on
+    that test set (the records' `baselines`, runners.metrics). Records that disagree (different
+    test sets) are warned about and the highest bar is kept."""
+    found: dict[tuple[str, str, str], set[float]] = defaultdict(set)
+    for r in records:
+        if r.get("mode", "train") == "train" and r.get("status") == "finished":
+            for name, by_metric in (r.get("baselines") or {}).items():
+                for metric, b in by_metric.items():
+                    found[(r["task"], name, metric)].add(round(b["bar"], 6))
+    for key, bars in found.items():
+        if len(bars) > 1:
+            warnings.warn(f"{'/'.join(key)}: the records' bars differ {sorted(bars)} (different test sets?); "
+                          "using the highest", TableWarning, stacklevel=2)
+    return {key: max(bars) for key, bars in found.items()}
+
+
 def build_table(records: list[dict[str, Any]], layout: Layout) -> Table:
     """One row per (model, method) in the layout's order; per column mean/std/n, per task the chosen LRs."""
     cells = {(c.model, c.method, c.task): c for c in select_cells(records, layout)}
-    memory, params, configs = _memory(records), _params(records), _configs(records)
+    memory, params, configs, bars = _memory(records), _params(records), _configs(records), _bars(records)
     present = {k[:2] for k in cells} | {k for k in memory if shows(layout, *k)}
     method_order = [r.method for r in layout.rows]
     rows, labels = [], {}
@@ -248,8 +266,10 @@ def build_table(records: list[dict[str, Any]], layout: Layout) -> Table:
             for task in layout.tasks:
                 c = cells.get((model, method, task))
                 for col in layout.columns_of(task):
-                    row.update({f"{col.key}_mean": c and c.mean(col.key), f"{col.key}_std": c and c.std(col.key),
-                                f"{col.key}_n": c and c.n(col.key)})
+                    mean, bar = c and c.mean(col.key), bars.get((task, col.set, col.metric))
+                    row.update({f"{col.key}_mean": mean, f"{col.key}_std": c and c.std(col.key),
+                                f"{col.key}_n": c and c.n(col.key), f"{col.key}_bar": bar,
+                                f"{col.key}_margin": None if mean is None or bar is None else mean - bar})
                 row.update({f"{task}_lr": c and c.lr, f"{task}_lr_head": c and c.lr_head,
                             f"{task}_val": c and c.val_mean, f"{task}_protocol": c and c.protocol,
                             f"{task}_staged": c and c.staged})

@@ -62,6 +62,7 @@ def test_each_kind_of_task_learns_above_its_baseline(run_cli, task: str) -> None
     rec = run(run_cli, f"task={task}", *overrides)
     assert rec["status"] == "finished" and rec["sizes"]["test"] == len(dev_labels(task))
     assert rec["selected"]["test"] > bar(task, kind), (bar(task, kind), rec["history"])
+    assert rec["baselines"]["test"][rec["metric"]]["bar"] == pytest.approx(bar(task, kind))  # what the table marks
 
 
 SST2 = ["task=sst2", "data.max_train_samples=4000", "protocol.val_max=500", "data.max_seq_len=64",

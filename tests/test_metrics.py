@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runners.errors import HarnessError
-from runners.metrics import check, score, scores
+from runners.metrics import baselines, check, score, scores
 
 
 def test_accuracy_mcc_pearson_against_formulas() -> None:
@@ -56,3 +56,19 @@ def test_task_metrics_are_checked_before_training() -> None:
     task.metrics = ["f1"]
     with pytest.raises(HarnessError, match=r"task=qqp: headline metric 'accuracy' is not in metrics \['f1'\]"):
         check(task)
+
+
+def test_baselines_are_the_best_constant_predictor_and_its_bar() -> None:
+    y = np.array([0] * 70 + [1] * 30)
+    got = baselines(["accuracy", "f1"], y)
+    assert list(got) == ["accuracy"]  # F1 has no bar
+    majority = np.tile([1.0, 0.0], (100, 1))  # always class 0
+    assert got["accuracy"]["constant"] == score("accuracy", y, majority) == 70.0
+    assert np.isclose(got["accuracy"]["bar"], 70 + 200 * np.sqrt(0.7 * 0.3 / 100))
+    t = np.linspace(0, 5, 400)
+    for metric in ("matthews_correlation", "pearson", "spearman"):
+        labels = y if metric == "matthews_correlation" else t
+        constant = np.ones((len(labels), 1 if metric != "matthews_correlation" else 2))
+        got = baselines([metric], labels)[metric]
+        assert got["constant"] == score(metric, labels, constant) == 0.0
+        assert np.isclose(got["bar"], 200 / np.sqrt(len(labels)))

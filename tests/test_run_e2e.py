@@ -27,6 +27,7 @@ def test_task_produces_a_record(run_cli, task: str, metric: str) -> None:
     rec = record_of(run_cli(f"task={task}", "method=lora", *QUICK))
     assert rec["status"] == "finished" and rec["metric"] == metric and rec["task"] == task
     assert rec["sizes"] == {"train": 64, "validation": 32, "test": 32}
+    assert list(rec["baselines"]) == ["test"] and metric in rec["baselines"]["test"]  # values: test_learning
     assert rec["trainable_params"] == 73728  # LoRA r=8 on MiniLM's 6 x (query, value), 384 wide
     point = rec["history"][-1]
     assert point["step"] == 3 and set(point) >= {"epoch", "train_loss", "validation", "test"}
