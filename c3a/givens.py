@@ -1,7 +1,7 @@
 """qGOFT / GOFT: Givens-rotation orthogonal fine-tuning of `nn.Linear` layers.
 
 A layer computes `y = W (R^T x) + bias` with `R = P_L ... P_1`, a product of log2(d_in)
-stages of disjoint 2x2 blocks (docs METHODS.md, "qGOFT / GOFT"). GOFT constrains each block
+stages of disjoint 2x2 blocks (docs/METHODS.md, "qGOFT / GOFT"). GOFT constrains each block
 to a rotation by `pi * tanh(phi)`; qGOFT learns the four entries freely and is pulled
 towards orthogonality by `regularizer()`.
 

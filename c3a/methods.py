@@ -110,7 +110,8 @@ def _c3a(
     reference_grad: bool = False,
 ) -> nn.Module:
     if (block_size is None) == (blocks is None):
-        raise ValueError(f"C3A needs exactly one of block_size and blocks (got {block_size=}, {blocks=})")
+        raise ValueError(f"C3A needs exactly one of block_size and blocks (got {block_size=}, {blocks=}); "
+                         "set the other to null (method.block_size=P method.blocks=null)")
 
     def wrap(linear: nn.Linear) -> C3ALinear:
         p = block_size or linear.in_features // blocks

@@ -131,3 +131,16 @@ def test_checked_method_values_are_the_implementations() -> None:
 
     assert tuple(checks.rules()["method.init"]) == INITS
     assert tuple(checks.rules()["method.variant"]) == VARIANTS
+
+
+def test_c3a_block_size_as_the_readme_shows_it() -> None:
+    """`method=c3a method.block_size=p method.blocks=null` adapts with p; block_size alone names
+    the clash and the fix."""
+    from runners.errors import HarnessError
+    from runners.job import adapted_model
+
+    base = ("method=c3a", "model=minilm", "model.pretrained=false", "method.block_size=64")
+    assert adapted_model(compose(*base, "method.blocks=null")).trainable_params == 6 * 2 * (384 // 64) ** 2 * 64
+    assert "method.block_size=p method.blocks=null" in (ROOT / "README.md").read_text()
+    with pytest.raises(HarnessError, match=r"method=c3a: C3A needs exactly one of block_size and blocks .*blocks=null"):
+        adapted_model(compose(*base))
