@@ -39,6 +39,14 @@ def write_outputs(records: list[dict[str, Any]], out: Path, layout: Layout) -> t
     return table, failed
 
 
+def run_time_line(records: list[dict[str, Any]]) -> str:
+    """'N finished train runs, H h of run time (...)': the compute behind a table, from the records."""
+    runs = [r for r in records if r.get("mode", "train") == "train" and r.get("status") == "finished"]
+    hours = sum(r.get("wall_time_s") or 0.0 for r in runs) / 3600
+    devices = ", ".join(sorted({str(r.get("device", "?")) for r in runs})) or "none"
+    return f"{len(runs)} finished train runs, {hours:.1f} h of run time (the sum of their wall_time_s; on {devices})"
+
+
 def contrast_lines(table: Table, a: str, b: str) -> list[str]:
     """Per task column and model holding both: A - B with its interval; then over the layout's average.
 
@@ -116,6 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     print((args.out / f"{layout.stem}.md").read_text())
+    print(run_time_line(records))
     if failed:
         print(f"{len(failed)} run(s) not finished (listed in {args.out / f'{layout.stem}_failures.csv'}, "
               "never averaged):")

@@ -210,3 +210,10 @@ def test_records_with_different_bars_warn_and_the_highest_counts() -> None:
     with pytest.warns(TableWarning, match="bars differ"):
         t = build_table(records, C3A)
     assert t.frame.loc[0, "mrpc_bar"] == 73.0
+
+
+def test_the_run_time_behind_a_table_is_printed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    records = [{**rec("lora", "rte", 1e-3, s, val=60, test=55.0), "wall_time_s": 1800.0 * (s + 1), "device": "cpu"}
+               for s in range(3)] + [{**rec("lora", "rte", 1e-2, 0, 0, 0, status="failed"), "wall_time_s": 9e9}]
+    assert table.main(["--runs", str(write(tmp_path / "runs", records)), "--out", str(tmp_path / "out")]) == 0
+    assert "3 finished train runs, 3.0 h of run time (the sum of their wall_time_s; on cpu)" in capsys.readouterr().out
