@@ -9,13 +9,17 @@ finished on all of them does not compete, so an unfinished pilot never picks fro
 smaller learning rates, as in the table. Test scores are never read.
 
 Prints one row per setting with a column per task, the mean and `chosen`; --out writes the
-same as CSV. Records of one (method, task, lr, lr_head, seed) found twice (folders merged from
+same as CSV. --copy-chosen DIR copies the chosen settings' records into DIR (same relative
+paths): when the real sweep repeats the pilot's budget, those runs are its own runs on the
+pilot's tasks and seed (same config, same identity hash), so it skips them instead of
+training them again. Records of one (method, task, lr, lr_head, seed) found twice (folders merged from
 several sessions): the latest finished one counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,7 @@ def pilot_grid(records: list[dict[str, Any]], tasks: list[str] | None = None) ->
     tasks (default: all in the records; NaN until all finished) and `chosen` on each method's
     best complete setting."""
     rows = [{**{k: r[k] for k in KEYS}, "task": r["task"], "seed": r["seed"], "finished_at": r.get("finished_at", ""),
-             "validation": r["selected"]["validation"]}
+             "validation": r["selected"]["validation"], "path": r["_path"]}
             for r in records if r.get("mode", "train") == "train" and r.get("status") == "finished"]
     if not rows:
         raise HarnessError("no finished train runs among the records")
@@ -49,7 +53,24 @@ def pilot_grid(records: list[dict[str, Any]], tasks: list[str] | None = None) ->
         complete = group["mean"].dropna()
         if not complete.empty:  # best mean; ties: the smaller lr, then the smaller lr_head (index order)
             grid.loc[complete.sort_index().idxmax(), "chosen"] = True
+    paths = runs.groupby(KEYS)["path"].agg(list)
+    grid["records"] = [paths[key] for key in grid.index]
     return grid.reset_index()
+
+
+def copy_chosen(grid: pd.DataFrame, roots: list[Path], dest: Path) -> list[Path]:
+    """Copy the chosen settings' record files under `dest`, at their path relative to the
+    records folder they came from; returns the copies. An existing file is left alone."""
+    copied = []
+    for paths in grid.loc[grid["chosen"], "records"]:
+        for path in map(Path, paths):
+            root = next(r for r in roots if path.is_relative_to(r))
+            target = dest / path.relative_to(root)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+                copied.append(target)
+    return copied
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, nargs="+", required=True, help="the pilot's records folder(s)")
     ap.add_argument("--tasks", nargs="+", help="the pilot's tasks (default: every task in the records)")
     ap.add_argument("--out", type=Path, help="also write the grid to this CSV file")
+    ap.add_argument("--copy-chosen", type=Path, metavar="DIR",
+                    help="copy the chosen settings' records into DIR (the real sweep's results_dir)")
     args = ap.parse_args(argv)
     try:
         missing = [str(p) for p in args.runs if not p.is_dir()]
@@ -66,16 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(grid.to_string(index=False, float_format=lambda v: f"{v:.2f}",
-                         formatters={k: "{:g}".format for k in KEYS[2:]}))
+    print(grid.drop(columns="records").to_string(index=False, float_format=lambda v: f"{v:.2f}",
+                                                 formatters={k: "{:g}".format for k in KEYS[2:]}))
     undecided = sorted({f"{m}/{n}" for m, n in grid[KEYS[:2]].itertuples(index=False)}
                        - {f"{m}/{n}" for m, n in grid.loc[grid["chosen"], KEYS[:2]].itertuples(index=False)})
     if undecided:
         print(f"no setting finished on every pilot task yet: {', '.join(undecided)}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        grid.to_csv(args.out, index=False)
+        grid.drop(columns="records").to_csv(args.out, index=False)
         print(f"wrote {args.out}")
+    if args.copy_chosen:
+        copied = copy_chosen(grid, args.runs, args.copy_chosen)
+        print(f"copied {len(copied)} record(s) of the chosen settings into {args.copy_chosen}")
     return 0
 
 

@@ -64,3 +64,27 @@ def test_cli_prints_writes_the_csv_and_names_a_missing_folder(tmp_path: Path, ca
     assert chosen(pd.read_csv(tmp_path / "pilot.csv")) == {"bitfit": 3e-3}
     assert pilot.main(["--runs", str(tmp_path / "nowhere")]) == 1
     assert capsys.readouterr().err.strip() == f"error: no records folder {tmp_path / 'nowhere'}"
+
+
+def test_copy_chosen_copies_only_the_chosen_settings_records(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    records = [rec("lora", "cola", 3e-4, 0, 30.0, 0.0), rec("lora", "mrpc", 3e-4, 0, 70.0, 0.0),
+               rec("lora", "cola", 1e-3, 0, 10.0, 0.0), rec("lora", "mrpc", 1e-3, 0, 80.0, 0.0)]
+    runs, dest = write(tmp_path / "pilot", records), tmp_path / "runs"
+    (dest / "train/minilm/lora/mrpc").mkdir(parents=True)
+    (dest / "train/minilm/lora/mrpc/r1.json").write_text("kept")  # already there: left alone
+    assert pilot.main(["--runs", str(runs), "--copy-chosen", str(dest)]) == 0
+    assert "copied 1 record(s)" in capsys.readouterr().out
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*.json")) == [
+        "train/minilm/lora/cola/r0.json", "train/minilm/lora/mrpc/r1.json"]
+    cola = "train/minilm/lora/cola/r0.json"
+    assert (dest / cola).read_text() == (runs / cola).read_text()
+    assert (dest / "train/minilm/lora/mrpc/r1.json").read_text() == "kept"
+
+
+def test_the_minilm_pilot_runs_are_the_tables_own_runs() -> None:
+    """What --copy-chosen relies on: a pilot cell and the same cell of minilm_glue are one config."""
+    from conftest import compose
+    from runners.record import record_path
+
+    cell = ("model=minilm", "task=mrpc", "seed=0", "method=ia3", "trainer.lr=0.01", "results_dir=x")
+    assert record_path(compose("+plan=minilm_glue_lr", *cell)) == record_path(compose("+plan=minilm_glue", *cell))
