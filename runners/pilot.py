@@ -12,8 +12,10 @@ Prints one row per setting with a column per task, the mean and `chosen`; --out 
 same as CSV. --copy-chosen DIR copies the chosen settings' records into DIR (same relative
 paths): when the real sweep repeats the pilot's budget, those runs are its own runs on the
 pilot's tasks and seed (same config, same identity hash), so it skips them instead of
-training them again. Records of one (method, task, lr, lr_head, seed) found twice (folders merged from
-several sessions): the latest finished one counts.
+training them again. --copy-from limits the copies to some of the --runs folders (records
+of an older config schema have other identity hashes: copied, they would be trained again).
+Records of one (method, task, lr, lr_head, seed) found twice (folders merged from several
+sessions): the latest finished one counts.
 """
 
 from __future__ import annotations
@@ -59,12 +61,14 @@ def pilot_grid(records: list[dict[str, Any]], tasks: list[str] | None = None) ->
 
 
 def copy_chosen(grid: pd.DataFrame, roots: list[Path], dest: Path) -> list[Path]:
-    """Copy the chosen settings' record files under `dest`, at their path relative to the
-    records folder they came from; returns the copies. An existing file is left alone."""
+    """Copy the chosen settings' record files found under `roots` to `dest`, at their path
+    relative to their root; returns the copies. An existing file is left alone."""
     copied = []
     for paths in grid.loc[grid["chosen"], "records"]:
         for path in map(Path, paths):
-            root = next(r for r in roots if path.is_relative_to(r))
+            root = next((r for r in roots if path.is_relative_to(r)), None)
+            if root is None:
+                continue
             target = dest / path.relative_to(root)
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="also write the grid to this CSV file")
     ap.add_argument("--copy-chosen", type=Path, metavar="DIR",
                     help="copy the chosen settings' records into DIR (the real sweep's results_dir)")
+    ap.add_argument("--copy-from", type=Path, nargs="+", metavar="DIR",
+                    help="copy only records under these --runs folders (default: all)")
     args = ap.parse_args(argv)
     try:
         missing = [str(p) for p in args.runs if not p.is_dir()]
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         grid.drop(columns="records").to_csv(args.out, index=False)
         print(f"wrote {args.out}")
     if args.copy_chosen:
-        copied = copy_chosen(grid, args.runs, args.copy_chosen)
+        copied = copy_chosen(grid, args.copy_from or args.runs, args.copy_chosen)
         print(f"copied {len(copied)} record(s) of the chosen settings into {args.copy_chosen}")
     return 0
 

@@ -79,6 +79,9 @@ def test_copy_chosen_copies_only_the_chosen_settings_records(tmp_path: Path, cap
     cola = "train/minilm/lora/cola/r0.json"
     assert (dest / cola).read_text() == (runs / cola).read_text()
     assert (dest / "train/minilm/lora/mrpc/r1.json").read_text() == "kept"
+    old = write(tmp_path / "old", [rec("lora", "cola", 3e-4, 1, 30.0, 0.0)])  # chosen too, but not copied
+    assert pilot.main(["--runs", str(runs), str(old), "--copy-chosen", str(dest), "--copy-from", str(runs)]) == 0
+    assert "copied 0 record(s)" in capsys.readouterr().out
 
 
 def test_the_minilm_pilot_runs_are_the_tables_own_runs() -> None:
