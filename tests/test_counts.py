@@ -44,11 +44,21 @@ def test_count_matches_paper(model: str, method: str) -> None:
 
 
 def test_full_counts_every_backbone_parameter() -> None:
-    cfg = compose("model=roberta-base", "method=full", "model.pretrained=false")
+    """Against RoBERTa-base's architecture written out (hub config: vocab 50265, 514 positions,
+    1 token type, d = 768, ffn 3072, 12 layers; no pooler in RobertaForSequenceClassification)."""
+    d, ffn, layers, labels = 768, 3072, 12, 2  # task=rte: 2 labels
+
+    def linear(i: int, o: int) -> int:  # weight + bias
+        return i * o + o
+
+    embeddings = (50265 + 514 + 1) * d + 2 * d  # word, position, token type, LayerNorm
+    layer = 4 * linear(d, d) + 2 * d + linear(d, ffn) + linear(ffn, d) + 2 * d  # q, k, v, out, LN, ffn, LN
+    head = linear(d, d) + linear(d, labels)  # RobertaClassificationHead: dense, out_proj
+    assert embeddings + layers * layer == 124_055_040  # roberta-base's 124,645,632 less its 590,592 pooler
+    cfg = compose("model=roberta-base", "method=full", "model.pretrained=false", "task=rte")
     adapted = adapted_model(cfg)
-    total = sum(p.numel() for p in adapted.model.parameters())
-    head = sum(p.numel() for p in adapted.head)
-    assert adapted.trainable_params == total - head
+    assert adapted.trainable_params == embeddings + layers * layer
+    assert sum(p.numel() for p in adapted.model.parameters()) - adapted.trainable_params == head
 
 
 def test_count_contract_through_run_py(run_cli) -> None:

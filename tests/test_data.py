@@ -1,8 +1,10 @@
-"""GLUE TSV reading, the protocol's splits and tokenization, on the real GLUE rows."""
+"""GLUE TSV reading, the protocol's splits and tokenization, on the real GLUE rows (and on files written
+here that reproduce the TSV pitfalls: quotes as text, a BOM, no header)."""
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +52,19 @@ def test_rows_parse_as_in_the_files(glue_dir: Path) -> None:
     assert set(rte["label"]) == {0, 1}  # entailment=0, not_entailment=1 (the hub's order)
 
 
-def test_qnli_has_no_train_here_and_says_so(glue_dir: Path) -> None:
-    cfg = compose("task=qnli", f"data.dir={glue_dir}")
-    with pytest.raises(HarnessError, match=r"GLUE file not found: .*QNLI/train.tsv"):
+def test_missing_train_file_is_named(tmp_path: Path, glue_dir: Path) -> None:
+    """A GLUE copy holding only QNLI's dev.tsv (its first 10 real rows): loading QNLI names the missing
+    train.tsv, whatever the shared copy holds; the dev file alone still reads."""
+    (tmp_path / "QNLI").mkdir()
+    head = (glue_dir / "QNLI" / "dev.tsv").read_text(encoding="utf-8").splitlines(keepends=True)[:11]
+    (tmp_path / "QNLI" / "dev.tsv").write_text("".join(head), encoding="utf-8")
+    cfg = compose("task=qnli", f"data.dir={tmp_path}")
+    missing = tmp_path / "QNLI" / "train.tsv"
+    with pytest.raises(HarnessError, match=f"^GLUE file not found: {re.escape(str(missing))}$"):
         load_glue(cfg.task, cfg.data)
-    dev, _ = read_tsv(glue_dir / "QNLI" / "dev.tsv", cfg.task)
-    assert len(dev["label"]) == 5463
+    dev, _ = read_tsv(tmp_path / "QNLI" / "dev.tsv", cfg.task)
+    assert len(dev["label"]) == 10 and dev["label"][:3] == [0, 1, 1]  # entailment, not_entailment x 2
+    assert dev["question"][0] == "What came into force after the new constitution was herald?"
 
 
 def test_malformed_row_names_file_and_line(tmp_path: Path, glue_dir: Path) -> None:
@@ -118,8 +127,28 @@ def test_tokenized_once_and_cached(tmp_path: Path, glue_dir: Path) -> None:
     assert list(tmp_path.iterdir()) == cached
 
 
-def test_tsv_quoting_is_disabled(glue_dir: Path) -> None:
-    """Default csv quoting breaks rows that contain quotes; ours keeps every row."""
-    with open(glue_dir / "MRPC" / "train.tsv", encoding="utf-8-sig", newline="") as f:
-        quoted = list(csv.reader(f, delimiter="\t"))
-    assert len(quoted) - 1 < SIZES["mrpc"][0]
+# Rows in the original layouts whose quote characters are text: a sentence opens a quote that only a
+# later row's sentence closes, as in GLUE. csv's default quoting would read rows 1-3 as one field.
+QUOTED = [('"The fish is fresh, she said.', "He left."), ("A plain row.", 'It "works".'),
+          ('Ends here," he said.', '5" of rain fell.')]
+LAYOUTS = {  # MRPC: a BOM, then a header; CoLA: no header (source, label, mark, sentence)
+    "mrpc": "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+            + "".join(f"{lab}\t{i}\t{i + 9}\t{a}\t{b}\n" for i, (lab, (a, b)) in enumerate(zip("101", QUOTED))),
+    "cola": "".join(f"gj04\t{lab}\t\t{a} {b}\n" for lab, (a, b) in zip("101", QUOTED)),
+}
+
+
+@pytest.mark.parametrize("task", list(LAYOUTS))
+def test_quotes_bom_and_headerless_files_read_every_row(task: str, tmp_path: Path) -> None:
+    """read_tsv keeps quotes as text (QUOTE_NONE), strips MRPC's BOM before its header and reads
+    CoLA's first line as a row."""
+    path = tmp_path / "train.tsv"
+    path.write_text(LAYOUTS[task], encoding="utf-8")
+    with open(path, encoding="utf-8-sig", newline="") as f:  # the file is the pitfall: default quoting merges rows
+        assert len(list(csv.reader(f, delimiter="\t"))) < LAYOUTS[task].count("\n")
+    cols, skipped = read_tsv(path, compose(f"task={task}").task)
+    if task == "mrpc":
+        expected = {"sentence1": [a for a, _ in QUOTED], "sentence2": [b for _, b in QUOTED]}
+    else:
+        expected = {"sentence": [f"{a} {b}" for a, b in QUOTED]}
+    assert cols == {**expected, "label": [1, 0, 1]} and skipped == 0

@@ -170,6 +170,7 @@ def test_a_bad_option_is_one_error_line_and_a_failed_record(run_cli, override: s
 
 
 @pytest.mark.slow
+@pytest.mark.needs_glue
 def test_two_sweeps_at_once_train_each_configuration_once(tmp_path: Path, cache_dir: Path) -> None:
     """The same 4-job sweep started twice at once: every configuration is trained by exactly
     one of them (the other skips it, locked or already finished), and every record is complete."""

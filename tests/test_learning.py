@@ -21,7 +21,7 @@ import pytest
 
 from conftest import GLUE, last_line
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs_glue]  # dev_labels reads GLUE itself
 
 TASK_RUNS = {  # task: (method and budget, metric kind)
     "stsb": (["method=ia3", "trainer.lr=2e-2", "data.max_train_samples=640", "trainer.epochs=2",

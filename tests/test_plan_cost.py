@@ -79,6 +79,7 @@ def tsv_rows(path: Path) -> int:
         return sum(1 for _ in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)) - 1  # header
 
 
+@pytest.mark.needs_glue
 def test_local_rows_max_train_samples_and_max_steps(capsys: pytest.CaptureFixture) -> None:
     base = ["minilm_mini", f"data.dir={GLUE}", "method=lora", "task=rte,mrpc"]  # 3 seeds, 2 epochs
     out = run_plan(capsys, *base, "data.max_train_samples=null")
@@ -89,11 +90,14 @@ def test_local_rows_max_train_samples_and_max_steps(capsys: pytest.CaptureFixtur
     assert run_plan(capsys, *base, "trainer.max_steps=7")[-1] == f"runs: 6, examples: {6 * 7 * 16}"
 
 
-def test_missing_local_file_falls_back_to_glue_sizes_and_says_so(capsys: pytest.CaptureFixture) -> None:
-    assert not (GLUE / "QNLI" / "train.tsv").exists()  # this copy of GLUE has QNLI dev/test only
-    out = run_plan(capsys, "table2_base", f"data.dir={GLUE}", "task=qnli", "method=lora", "seed=0",
+def test_missing_local_file_falls_back_to_glue_sizes_and_says_so(capsys: pytest.CaptureFixture,
+                                                                 tmp_path: Path) -> None:
+    (tmp_path / "QNLI").mkdir()  # a GLUE copy with QNLI's folder but no train.tsv, whatever the shared copy has
+    (tmp_path / "QNLI" / "dev.tsv").write_text("index\tquestion\tsentence\tlabel\n", encoding="utf-8")
+    out = run_plan(capsys, "table2_base", f"data.dir={tmp_path}", "task=qnli", "method=lora", "seed=0",
                    "trainer.lr=1e-4", "trainer.lr_head=5e-4")
-    assert out[0].startswith("note: qnli: GLUE file not found") and "train_rows" in out[0]
+    assert out[0].startswith(f"note: qnli: GLUE file not found: {tmp_path / 'QNLI' / 'train.tsv'}")
+    assert "train_rows" in out[0]
     assert out[-1] == f"runs: 1, examples: {per_run_c3a_budget('qnli')}"
 
 

@@ -52,6 +52,7 @@ def adapter_tensors(directory: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
+@pytest.mark.needs_glue
 def test_killed_run_continues_to_the_uninterrupted_record(tmp_path: Path, cache_dir: Path) -> None:
     """~60 s: three run.py processes of 16 LoRA steps on 96 real RTE rows."""
     reference = finish(command(tmp_path / "ref", cache_dir, tmp_path), tmp_path)
@@ -103,6 +104,7 @@ def scores_of(model: torch.nn.Module, cfg, sets: list[str]) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.needs_glue
 @pytest.mark.parametrize(("method", "task", "lr"), [("lora", "rte", "5e-3"), ("qgoft", "stsb", "0.1")])
 def test_saved_model_reproduces_the_selected_point(tmp_path: Path, cache_dir: Path, method: str, task: str,
                                                    lr: str) -> None:
@@ -162,6 +164,7 @@ def test_every_method_saves_a_model_that_loads_back(tmp_path: Path, method: str)
 
 
 @pytest.mark.slow
+@pytest.mark.needs_glue
 def test_kept_checkpoint_stays_and_a_forced_rerun_starts_over(tmp_path: Path, cache_dir: Path) -> None:
     """~20 s, in process: trainer.checkpoint.keep=true leaves <record>.ckpt/ in place; force=true
     then trains from step 0 instead of continuing from it."""

@@ -92,3 +92,23 @@ def test_non_finite_loss_is_recorded_as_failed(run_cli) -> None:
 def test_bad_option_value_lists_allowed(run_cli) -> None:
     proc = run_cli("mode=fly", check=False)
     assert proc.returncode != 0 and "error: mode='fly'; allowed: train, count, memory" in proc.stderr
+
+
+# 96 rows / batch 16, evaluated every 2 steps for 8 steps: 4 points. RTE's validation accuracy at this
+# learning rate is 46.9, 54.7, 53.1, 54.7 (CPU, one thread, deterministic): the best is tied between
+# the second and the last point, so "the last point" and "the last of the best" are both wrong answers.
+SELECT = ["task=rte", "method=lora", "data.max_train_samples=96", "data.max_eval_samples=64", "data.max_seq_len=32",
+          "trainer.batch_size=16", "trainer.eval_every_steps=2", "trainer.max_steps=8", "trainer.num_threads=1",
+          "trainer.lr=5e-3", "trainer.lr_head=5e-3"]
+
+
+def test_selected_is_the_first_best_validation_point(run_cli) -> None:
+    """runners/train.py selects the point of highest validation score, the first one on ties."""
+    rec = record_of(run_cli(*SELECT))
+    history = rec["history"]
+    assert [p["step"] for p in history] == [2, 4, 6, 8]
+    scores = [p["validation"] for p in history]
+    best = scores.index(max(scores))  # list.index: the first of equal maxima
+    assert rec["selected"] == history[best], (scores, rec["selected"]["step"])
+    # the setting must tell the rule from "last point" and from "last of the best" for the test to mean anything
+    assert best != len(history) - 1 and scores.count(max(scores)) > 1, f"setting no longer discriminates: {scores}"

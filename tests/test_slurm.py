@@ -69,6 +69,7 @@ def test_submission_carries_the_requeue_settings(slurm_launcher) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.needs_glue
 def test_requeued_job_continues_from_its_checkpoint(slurm_launcher, tmp_path: Path, cache_dir: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """~40 s, in process: the job is interrupted as submitit interrupts it on USR2 (its handler

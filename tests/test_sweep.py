@@ -63,6 +63,7 @@ def expected_cell(recs: dict[Path, dict]) -> tuple[float, float, float, int]:
     return best, statistics.fmean(tests), statistics.stdev(tests), len(tests)
 
 
+@pytest.mark.needs_glue
 def test_sweep_resumes_after_kill_without_reruns_or_duplicates(run_cli, tmp_path: Path, cache_dir: Path) -> None:
     runs = tmp_path / "runs"
     # 1. a complete 2-LR x 2-seed sweep on two parallel workers
