@@ -4,9 +4,10 @@ A pilot (e.g. sweeps/plan/minilm_glue_lr.yaml) runs every method at a few adapte
 rates on a few tasks with one seed, and the method then keeps one learning rate for every task
 of the real sweep. The choice here: per (model, method), the (lr, lr_head) with the best mean
 validation score (each task's headline metric at the run's selected point, averaged over seeds
-first) over the pilot's tasks (every task in the records, or --tasks). A setting that has not
-finished on all of them does not compete, so an unfinished pilot never picks from a partial view; ties go to the
-smaller learning rates, as in the table. Test scores are never read.
+first) over the pilot's tasks (every task in the records, or --tasks). A method is decided only
+once it has --min-settings settings (default 3) and each has a finished or failed run on every
+task, so an unfinished pilot never picks from a partial view; a failed run cannot win; ties go
+to the smaller learning rates, as in the table. Test scores are never read.
 
 Prints one row per setting with a column per task, the mean and `chosen`; --out writes the
 same as CSV. --copy-chosen DIR copies the chosen settings' records into DIR (same relative
@@ -34,30 +35,52 @@ from runners.table_select import load_records
 KEYS = ["model", "method", "lr", "lr_head"]
 
 
-def pilot_grid(records: list[dict[str, Any]], tasks: list[str] | None = None) -> pd.DataFrame:
-    """One row per (model, method, lr, lr_head): validation per task, `mean` over the pilot's
-    tasks (default: all in the records; NaN until all finished) and `chosen` on each method's
-    best complete setting."""
-    rows = [{**{k: r[k] for k in KEYS}, "task": r["task"], "seed": r["seed"], "finished_at": r.get("finished_at", ""),
-             "validation": r["selected"]["validation"], "path": r["_path"]}
-            for r in records if r.get("mode", "train") == "train" and r.get("status") == "finished"]
+def pilot_grid(records: list[dict[str, Any]], tasks: list[str] | None = None, min_settings: int = 3) -> pd.DataFrame:
+    """One row per (model, method, lr, lr_head): validation per task (NaN: failed or not run),
+    `mean` over the pilot's tasks (default: all in the records), `tried` (tasks with a finished
+    or failed run) and `chosen` on each decided method's best setting. A method is decided when
+    it has at least `min_settings` settings and each of them has a run on every task: until
+    then a later setting could still win, so none is chosen. A failed run cannot win."""
+    rows = [{**{k: r[k] for k in KEYS}, "task": r["task"], "seed": r["seed"], "finished_at": r.get("finished_at") or "",
+             "validation": r["selected"]["validation"] if r["status"] == "finished" else float("nan"),
+             "path": r["_path"]}
+            for r in records if r.get("mode", "train") == "train" and r.get("status") in ("finished", "failed")
+            and all(r.get(k) is not None for k in (*KEYS, "task", "seed"))]
     if not rows:
-        raise HarnessError("no finished train runs among the records")
+        raise HarnessError("no finished or failed train runs among the records")
     runs = (pd.DataFrame(rows).sort_values("finished_at")
             .drop_duplicates([*KEYS, "task", "seed"], keep="last"))
     tasks = tasks or sorted(runs["task"].unique())
-    grid = (runs.pivot_table(index=KEYS, columns="task", values="validation", aggfunc="mean")
-            .reindex(columns=tasks))
+    by_cell = runs.groupby([*KEYS, "task"])
+    grid = by_cell["validation"].agg(lambda v: v.mean(skipna=False)).unstack("task").reindex(columns=tasks)
     grid.columns.name = None
     grid["mean"] = grid[tasks].mean(axis=1, skipna=False)
+    tried = by_cell.size().unstack("task").reindex(columns=tasks).notna()
+    grid["tried"] = tried.sum(axis=1).reindex(grid.index).astype(int)
     grid["chosen"] = False
     for _, group in grid.groupby(level=["model", "method"]):
-        complete = group["mean"].dropna()
-        if not complete.empty:  # best mean; ties: the smaller lr, then the smaller lr_head (index order)
-            grid.loc[complete.sort_index().idxmax(), "chosen"] = True
+        decided = len(group) >= min_settings and (group["tried"] == len(tasks)).all()
+        finished = group["mean"].dropna()
+        if decided and not finished.empty:  # best mean; ties: the smaller lr, then lr_head (index order)
+            grid.loc[finished.sort_index().idxmax(), "chosen"] = True
     paths = runs.groupby(KEYS)["path"].agg(list)
     grid["records"] = [paths[key] for key in grid.index]
-    return grid.reset_index()
+    out = grid.reset_index()
+    out.attrs["tasks"] = tasks
+    return out
+
+
+def undecided(grid: pd.DataFrame, min_settings: int = 3) -> list[str]:
+    """'minilm/lora (waiting for 0.001, 0.003)' for each method of a pilot_grid without a choice."""
+    tasks, out = len(grid.attrs["tasks"]), []
+    for (model, method), group in grid.groupby(["model", "method"], sort=False):
+        if group["chosen"].any():
+            continue
+        waiting = [f"{lr:g}" for lr in group.loc[group["tried"] < tasks, "lr"]]
+        why = [f"waiting for {', '.join(waiting)}"] if waiting else []
+        why += [f"{len(group)} settings, {min_settings} needed"] if len(group) < min_settings else []
+        out.append(f"{model}/{method} ({'; '.join(why) or 'every setting failed'})")
+    return out
 
 
 def copy_chosen(grid: pd.DataFrame, roots: list[Path], dest: Path) -> list[Path]:
@@ -81,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m runners.pilot", description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, nargs="+", required=True, help="the pilot's records folder(s)")
     ap.add_argument("--tasks", nargs="+", help="the pilot's tasks (default: every task in the records)")
+    ap.add_argument("--min-settings", type=int, default=3, help="settings a method needs to be decided (default 3)")
     ap.add_argument("--out", type=Path, help="also write the grid to this CSV file")
     ap.add_argument("--copy-chosen", type=Path, metavar="DIR",
                     help="copy the chosen settings' records into DIR (the real sweep's results_dir)")
@@ -91,16 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         missing = [str(p) for p in args.runs if not p.is_dir()]
         if missing:
             raise HarnessError(f"no records folder {', '.join(missing)}")
-        grid = pilot_grid([r for folder in args.runs for r in load_records(folder)], args.tasks)
+        grid = pilot_grid([r for folder in args.runs for r in load_records(folder)], args.tasks, args.min_settings)
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(grid.drop(columns="records").to_string(index=False, float_format=lambda v: f"{v:.2f}",
                                                  formatters={k: "{:g}".format for k in KEYS[2:]}))
-    undecided = sorted({f"{m}/{n}" for m, n in grid[KEYS[:2]].itertuples(index=False)}
-                       - {f"{m}/{n}" for m, n in grid.loc[grid["chosen"], KEYS[:2]].itertuples(index=False)})
-    if undecided:
-        print(f"no setting finished on every pilot task yet: {', '.join(undecided)}")
+    waiting = undecided(grid, args.min_settings)
+    if waiting:
+        print(f"no choice yet: {'; '.join(waiting)}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         grid.drop(columns="records").to_csv(args.out, index=False)
