@@ -65,8 +65,8 @@ def test_each_kind_of_task_learns_above_its_baseline(run_cli, task: str) -> None
     assert rec["baselines"]["test"][rec["metric"]]["bar"] == pytest.approx(bar(task, kind))  # what the table marks
 
 
-SST2 = ["task=sst2", "data.max_train_samples=4000", "protocol.val_max=500", "data.max_seq_len=64",
-        "trainer.epochs=3", "trainer.batch_size=32", "trainer.warmup_ratio=0.06"]
+SST2 = ["task=sst2", "data.max_train_samples=2000", "protocol.val_max=500", "data.max_seq_len=64",
+        "trainer.epochs=2", "trainer.batch_size=32", "trainer.warmup_ratio=0.06"]
 OWN_METHODS = {  # our layers, at their learning rates: (overrides, required test accuracy)
     "c3a_b6": (["trainer.lr=3e-1", "trainer.lr_head=3e-3"], 70.0),
     "qgoft": (["trainer.lr=2e-3", "trainer.lr_head=2e-3"], 70.0),
@@ -75,7 +75,8 @@ OWN_METHODS = {  # our layers, at their learning rates: (overrides, required tes
 
 @pytest.mark.parametrize("method", list(OWN_METHODS))
 def test_our_layers_learn_sst2(run_cli, method: str) -> None:
-    """SST-2's dev set (872 rows, 50.9% majority) after three short epochs on 4000 rows."""
+    """SST-2's dev set (872 rows, 50.9% majority) after two short epochs on 2000 rows (both
+    layers were at 76-80 after one epoch of a three-epoch schedule on 2000 rows)."""
     overrides, required = OWN_METHODS[method]
     rec = run(run_cli, f"method={method}", *SST2, *overrides)
     assert rec["status"] == "finished" and rec["sizes"]["test"] == 872

@@ -105,7 +105,9 @@ def scores_of(model: torch.nn.Module, cfg, sets: list[str]) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.needs_glue
-@pytest.mark.parametrize(("method", "task", "lr"), [("lora", "rte", "5e-3"), ("qgoft", "stsb", "0.1")])
+# qGOFT at 0.2 collapses to a constant output (Pearson 0, a tie the first point wins) within 16
+# steps, so its best point comes before the last on any machine; at 0.1 the order was noise
+@pytest.mark.parametrize(("method", "task", "lr"), [("lora", "rte", "5e-3"), ("qgoft", "stsb", "0.2")])
 def test_saved_model_reproduces_the_selected_point(tmp_path: Path, cache_dir: Path, method: str, task: str,
                                                    lr: str) -> None:
     """~15 s each, in process: LoRA reloads as a PEFT adapter, qGOFT as merged full weights."""
