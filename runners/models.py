@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import (
     AutoConfig,
@@ -50,8 +51,9 @@ def build_model(model_cfg: DictConfig, num_labels: int) -> PreTrainedModel:
     kwargs = {"attn_implementation": attn} if attn else {}
     try:
         if model_cfg.pretrained:
+            # float32 whatever the checkpoint's dtype (transformers would keep a float16 one's)
             return AutoModelForSequenceClassification.from_pretrained(
-                checkpoint_source(model_cfg), num_labels=num_labels, **kwargs)
+                checkpoint_source(model_cfg), num_labels=num_labels, dtype=torch.float32, **kwargs)
         if model_cfg.get("config"):
             values = OmegaConf.to_container(model_cfg.config)
             config = AutoConfig.for_model(**values, num_labels=num_labels)

@@ -174,3 +174,18 @@ def test_where_a_machine_keeps_the_checkpoint_is_not_part_of_the_run(tmp_path: P
     with pytest.raises(HarnessError, match=f"config of model '{gone.name_or_path}' from '{gone.local_dir}'"):
         checkpoint_config(gone)
     assert checkpoint_source(compose(*base, "model.local_dir=null").model) == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_a_half_precision_checkpoint_trains_in_float32(tmp_path: Path) -> None:
+    """transformers keeps a float16 checkpoint's dtype when loading it; the harness trains in
+    float32 (what every record assumes), so the weights are upcast on loading."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from runners.models import build_model
+
+    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64)
+    BertForSequenceClassification(config).half().save_pretrained(tmp_path / "half")
+    model = build_model(compose("model=hub", f"model.name_or_path={tmp_path / 'half'}").model, 2)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
