@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class Checkpoint:
     """A run's checkpoint directory; `keep=True` leaves it in place when the run ends."""
 
-    def __init__(self, directory: Path, keep: bool = False) -> None:
+    def __init__(self, directory: Path, keep: bool = False, started: float | None = None) -> None:
+        """`started`: when this process began the run (time.perf_counter), for the run time
+        each checkpoint carries (`elapsed_s`: the earlier processes' up to their last
+        checkpoint plus this one's), so a resumed run reports what its result took in all."""
         self.dir, self.keep = Path(directory), keep
+        self.started = time.perf_counter() if started is None else started
         self.resumed_from_step: int | None = None
+        self.earlier_s = 0.0  # run time of the earlier processes, up to the checkpoint resumed from
 
     @property
     def file(self) -> Path:
@@ -77,13 +83,14 @@ class Checkpoint:
         # weights_only=False: the file holds numpy/python RNG states; it is this run's own file
         state = torch.load(self.file, map_location="cpu", weights_only=False)
         self.resumed_from_step = state["step"]
+        self.earlier_s = state.get("elapsed_s", 0.0)
         return state
 
     def save(self, state: dict[str, Any]) -> None:
         """Atomic: a run killed while saving leaves the previous checkpoint intact."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{STATE_FILE}.{os.getpid()}.tmp"
-        torch.save(state, tmp)
+        torch.save({**state, "elapsed_s": self.earlier_s + time.perf_counter() - self.started}, tmp)
         os.replace(tmp, self.file)
 
     def finish(self) -> None:

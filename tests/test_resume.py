@@ -77,12 +77,15 @@ def test_killed_run_continues_to_the_uninterrupted_record(tmp_path: Path, cache_
         proc.wait()
         proc.stderr.close()
     (ckpt,) = ckpt_dirs
-    killed_at = torch.load(ckpt / "state.pt", weights_only=False)["step"]  # a later one may have landed
+    killed = torch.load(ckpt / "state.pt", weights_only=False)  # a later one may have landed
+    killed_at = killed["step"]
     assert 8 <= killed_at < 16
     assert not list((tmp_path / "runs").glob("train/minilm/lora/rte/*.json"))  # killed: no record yet
 
     resumed = finish(cmd, tmp_path)
     assert resumed["status"] == "finished" and resumed["resumed_from_step"] == killed_at
+    # the killed process's time up to its checkpoint counts in the run's wall time
+    assert 0 < resumed["wall_time_before_resume_s"] == killed["elapsed_s"] < resumed["wall_time_s"]
     for key in SAME:
         assert resumed[key] == reference[key], key
     assert not ckpt.exists()  # removed once the record is written (trainer.checkpoint.keep=false)
