@@ -92,7 +92,8 @@ def worker(kind: str, method: str, steps: int, threads: int) -> dict:
         )
 
         set_seed(cfg.seed)
-        model = AutoModelForSequenceClassification.from_pretrained(checkpoint_source(cfg.model), num_labels=2)
+        model = AutoModelForSequenceClassification.from_pretrained(checkpoint_source(cfg.model), num_labels=2,
+                                                                   dtype=torch.float32)
         model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=8, lora_dropout=0.0,
                                                  target_modules=["query", "value"]))
         args = TrainingArguments(

@@ -70,7 +70,8 @@ class Checkpoint:
         self.dir, self.keep = Path(directory), keep
         self.started = time.perf_counter() if started is None else started
         self.resumed_from_step: int | None = None
-        self.earlier_s = 0.0  # run time of the earlier processes, up to the checkpoint resumed from
+        # run time of the earlier processes up to the checkpoint resumed from (None: not recorded)
+        self.earlier_s: float | None = 0.0
 
     @property
     def file(self) -> Path:
@@ -83,14 +84,14 @@ class Checkpoint:
         # weights_only=False: the file holds numpy/python RNG states; it is this run's own file
         state = torch.load(self.file, map_location="cpu", weights_only=False)
         self.resumed_from_step = state["step"]
-        self.earlier_s = state.get("elapsed_s", 0.0)
+        self.earlier_s = state.get("elapsed_s")
         return state
 
     def save(self, state: dict[str, Any]) -> None:
         """Atomic: a run killed while saving leaves the previous checkpoint intact."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{STATE_FILE}.{os.getpid()}.tmp"
-        torch.save({**state, "elapsed_s": self.earlier_s + time.perf_counter() - self.started}, tmp)
+        torch.save({**state, "elapsed_s": (self.earlier_s or 0.0) + time.perf_counter() - self.started}, tmp)
         os.replace(tmp, self.file)
 
     def finish(self) -> None:

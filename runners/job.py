@@ -154,9 +154,6 @@ def fit(cfg: DictConfig, path: Path) -> str:
         ckpt.clear()
     try:
         rec.update(train(adapted, data, tokenizer, cfg, device, log=logger.log, ckpt=ckpt))
-        rec["resumed_from_step"] = ckpt.resumed_from_step if ckpt is not None else None
-        if rec["resumed_from_step"] is not None:  # the earlier processes' time counts in wall_time_s
-            rec["wall_time_before_resume_s"] = ckpt.earlier_s
         if cfg.trainer.save_model:  # train() left the model at the selected point
             rec["saved_model"] = str(adapted.save(model_dir(path)))
         rec["status"] = "finished"
@@ -166,7 +163,11 @@ def fit(cfg: DictConfig, path: Path) -> str:
         traceback.print_exc()
         crash = f"crashed: {_reason(e)} (traceback in the job's log)"
     finally:
-        rec.update(peak.read(), wall_time_s=time.perf_counter() - start + (ckpt.earlier_s if ckpt is not None else 0.0),
+        rec["resumed_from_step"] = ckpt.resumed_from_step if ckpt is not None else None
+        earlier = ckpt.earlier_s if rec["resumed_from_step"] is not None else None
+        if rec["resumed_from_step"] is not None:  # the earlier processes' time counts in wall_time_s
+            rec["wall_time_before_resume_s"] = earlier  # None: a checkpoint that did not record it
+        rec.update(peak.read(), wall_time_s=time.perf_counter() - start + (earlier or 0.0),
                    finished_at=datetime.now(timezone.utc).isoformat())
         ended = rec["status"] != "running"  # finished, or failed for good: no continuing it
         if not ended:  # an unexpected exception (or a requeue signal) is on its way up

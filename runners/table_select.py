@@ -183,6 +183,10 @@ def select_cells(records: list[dict[str, Any]], layout: Layout) -> list[Cell]:
             # ties: more seeds first, then the smaller learning rates (deterministic)
             candidates.append((-val, -len(runs), runs[0]["lr"], runs[0]["lr_head"], runs))
         *_, runs = min(candidates, key=lambda c: c[:4])
+        devices = sorted({str(r.get("device")) for r in runs})
+        if len(devices) > 1:  # the same setting, but CUDA's arithmetic (and a device's copy of the weights)
+            warnings.warn(f"{where}: its seeds ran on different devices ({', '.join(devices)})",
+                          TableWarning, stacklevel=2)
         values = {}
         for column in layout.columns_of(task):
             found = {r["seed"]: point_value(r, column) for r in runs}

