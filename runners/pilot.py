@@ -7,7 +7,9 @@ validation score (each task's headline metric at the run's selected point, avera
 first) over the pilot's tasks (every task in the records, or --tasks). A method is decided only
 once it has --min-settings settings (default 3) and each has a finished or failed run on every
 task, so an unfinished pilot never picks from a partial view; a failed run cannot win; ties go
-to the smaller learning rates, as in the table. Test scores are never read.
+to the smaller learning rates, as in the table. Test scores are never read. A choice at the
+smallest or largest of 3+ learning rates is flagged (`edge`): one beyond it may do better, so
+it is printed and not copied (below) unless --accept-edge.
 
 Prints one row per setting with a column per task, the mean and `chosen`; --out writes the
 same as CSV. --copy-chosen DIR copies the chosen settings' records into DIR (same relative
@@ -57,12 +59,16 @@ def pilot_grid(records: list[dict[str, Any]], tasks: list[str] | None = None, mi
     grid["mean"] = grid[tasks].mean(axis=1, skipna=False)
     tried = by_cell.size().unstack("task").reindex(columns=tasks).notna()
     grid["tried"] = tried.sum(axis=1).reindex(grid.index).astype(int)
-    grid["chosen"] = False
+    grid["chosen"] = grid["edge"] = False
     for _, group in grid.groupby(level=["model", "method"]):
         decided = len(group) >= min_settings and (group["tried"] == len(tasks)).all()
         finished = group["mean"].dropna()
         if decided and not finished.empty:  # best mean; ties: the smaller lr, then lr_head (index order)
-            grid.loc[finished.sort_index().idxmax(), "chosen"] = True
+            best = finished.sort_index().idxmax()
+            grid.loc[best, "chosen"] = True
+            lrs = group.index.get_level_values("lr")
+            # the best at the smallest or largest of 3+ LRs: one beyond it may do better still
+            grid.loc[best, "edge"] = lrs.nunique() >= 3 and best[2] in (lrs.min(), lrs.max())
     paths = runs.groupby(KEYS)["path"].agg(list)
     grid["records"] = [paths[key] for key in grid.index]
     out = grid.reset_index()
@@ -83,11 +89,22 @@ def undecided(grid: pd.DataFrame, min_settings: int = 3) -> list[str]:
     return out
 
 
-def copy_chosen(grid: pd.DataFrame, roots: list[Path], dest: Path) -> list[Path]:
+def at_edge(grid: pd.DataFrame) -> list[str]:
+    """'minilm/c3a_b1 (0.2 is the largest of 3 LRs)' for each choice at the edge of its grid."""
+    out = []
+    for row in grid[grid["chosen"] & grid["edge"]].itertuples():
+        lrs = grid.loc[(grid["model"] == row.model) & (grid["method"] == row.method), "lr"]
+        side = "largest" if row.lr == lrs.max() else "smallest"
+        out.append(f"{row.model}/{row.method} ({row.lr:g} is the {side} of {lrs.nunique()} LRs)")
+    return out
+
+
+def copy_chosen(grid: pd.DataFrame, roots: list[Path], dest: Path, accept_edge: bool = False) -> list[Path]:
     """Copy the chosen settings' record files found under `roots` to `dest`, at their path
-    relative to their root; returns the copies. An existing file is left alone."""
+    relative to their root; returns the copies. An existing file is left alone. A choice at
+    the edge of its grid is not copied unless `accept_edge`."""
     copied = []
-    for paths in grid.loc[grid["chosen"], "records"]:
+    for paths in grid.loc[grid["chosen"] & (accept_edge | ~grid["edge"]), "records"]:
         for path in map(Path, paths):
             root = next((r for r in roots if path.is_relative_to(r)), None)
             if root is None:
@@ -110,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="copy the chosen settings' records into DIR (the real sweep's results_dir)")
     ap.add_argument("--copy-from", type=Path, nargs="+", metavar="DIR",
                     help="copy only records under these --runs folders (default: all)")
+    ap.add_argument("--accept-edge", action="store_true",
+                    help="copy a choice at the edge of its grid too (default: widen the grid first)")
     args = ap.parse_args(argv)
     try:
         missing = [str(p) for p in args.runs if not p.is_dir()]
@@ -124,12 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     waiting = undecided(grid, args.min_settings)
     if waiting:
         print(f"no choice yet: {'; '.join(waiting)}")
+    edge = at_edge(grid)
+    if edge:
+        print(f"chosen at the edge of the grid (a wider grid may do better; not copied without --accept-edge): "
+              f"{'; '.join(edge)}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         grid.drop(columns="records").to_csv(args.out, index=False)
         print(f"wrote {args.out}")
     if args.copy_chosen:
-        copied = copy_chosen(grid, args.copy_from or args.runs, args.copy_chosen)
+        copied = copy_chosen(grid, args.copy_from or args.runs, args.copy_chosen, args.accept_edge)
         print(f"copied {len(copied)} record(s) of the chosen settings into {args.copy_chosen}")
     return 0
 

@@ -98,3 +98,22 @@ def test_the_minilm_pilot_runs_are_the_tables_own_runs() -> None:
 
     cell = ("model=minilm", "task=mrpc", "seed=0", "method=ia3", "trainer.lr=0.01", "results_dir=x")
     assert record_path(compose("+plan=minilm_glue_lr", *cell)) == record_path(compose("+plan=minilm_glue", *cell))
+
+
+def test_a_choice_at_the_grid_edge_is_flagged_and_not_copied_unless_accepted(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rising = [rec("c3a_b1", t, lr, 0, v + (60 if t == "mrpc" else 0), 0.0)
+              for lr, v in [(5e-2, 5.0), (1e-1, 7.0), (2e-1, 11.0)] for t in ("cola", "mrpc")]
+    inside = [rec("lora", t, lr, 0, v, 0.0) for lr, v in [(3e-4, 9.0), (1e-3, 19.0), (3e-3, 0.0)]
+              for t in ("cola", "mrpc")]
+    runs, dest = write(tmp_path / "pilot", rising + inside), tmp_path / "runs"
+    grid = pilot.pilot_grid(load_records(runs))
+    assert chosen(grid) == {"c3a_b1": 2e-1, "lora": 1e-3}
+    assert pilot.at_edge(grid) == ["minilm/c3a_b1 (0.2 is the largest of 3 LRs)"]
+    assert pilot.main(["--runs", str(runs), "--copy-chosen", str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert "chosen at the edge of the grid" in out and "copied 2 record(s)" in out
+    assert {p.parts[-3] for p in dest.rglob("*.json")} == {"lora"}
+    assert pilot.main(["--runs", str(runs), "--copy-chosen", str(dest), "--accept-edge"]) == 0
+    assert "copied 2 record(s)" in capsys.readouterr().out
+    assert {p.parts[-3] for p in dest.rglob("*.json")} == {"lora", "c3a_b1"}
