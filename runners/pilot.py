@@ -66,9 +66,9 @@ def pilot_grid(records: list[dict[str, Any]], tasks: list[str] | None = None, mi
         if decided and not finished.empty:  # best mean; ties: the smaller lr, then lr_head (index order)
             best = finished.sort_index().idxmax()
             grid.loc[best, "chosen"] = True
-            lrs = group.index.get_level_values("lr")
+            lrs, lr = group.index.get_level_values("lr"), best[KEYS.index("lr")]
             # the best at the smallest or largest of 3+ LRs: one beyond it may do better still
-            grid.loc[best, "edge"] = lrs.nunique() >= 3 and best[2] in (lrs.min(), lrs.max())
+            grid.loc[best, "edge"] = lrs.nunique() >= 3 and lr in (lrs.min(), lrs.max())
     paths = runs.groupby(KEYS)["path"].agg(list)
     grid["records"] = [paths[key] for key in grid.index]
     out = grid.reset_index()

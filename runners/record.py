@@ -17,9 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 # Keys that do not change a run's result: excluded from its identity. Where a machine keeps
 # files (data.dir, model.local_dir) is not what they are (the task, model.name_or_path).
 NOT_IDENTITY = ("force", "results_dir", "logger", "trainer.progress", "trainer.num_threads", "data.dir",
-                "model.local_dir",
-                 "data.cache_dir", "search", "lock",
-                 "trainer.checkpoint", "trainer.save_model")
+                "data.cache_dir", "model.local_dir", "search", "lock", "trainer.checkpoint", "trainer.save_model")
 # Folders beside a record `<name>.json`: its checkpoint and its saved model (`<name>.ckpt/`, `<name>.model/`).
 CHECKPOINT_SUFFIX, MODEL_SUFFIX = ".ckpt", ".model"
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "scikit-learn", "numpy")

@@ -61,9 +61,10 @@ run() {
     export MINILM_DIR=$PWD/$KIT/minilm  # model=minilm reads the kit's copy (runners.models.minilm_path)
     timeout -k 20 "${BUDGET_S:-480}" python3 run.py -m "$@" hydra/launcher=joblib hydra.launcher.n_jobs="$jobs" \
         || echo "sweep stopped (exit $?): the finished records still go back"
-    # finished records only: a failed one must not replace anything here when unpacked
-    { find results -name '*.json' -newer "$KIT/started" -exec grep -l '^ "status": "finished"' {} + || true; } \
-        | tar czf "$out/records.tar.gz" -T -
+    # finished records only (runners.record.finished): a failed one must not replace anything here
+    find results -name '*.json' -newer "$KIT/started" | python3 -c '
+import sys; from pathlib import Path; from runners.record import finished
+print("\n".join(p for p in sys.stdin.read().split() if finished(Path(p))))' | tar czf "$out/records.tar.gz" -T -
     echo "records back: $(tar tzf "$out/records.tar.gz" | wc -l)"
 }
 
