@@ -20,7 +20,7 @@ from runners.errors import HarnessError
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUT_DIR = ROOT / "conf" / "table"
 DEFAULT_LAYOUT = "c3a_table2"
-EXTRA_KINDS = ("params", "memory")  # what the renderer can show besides task columns
+EXTRA_KINDS = ("params", "memory", "lr")  # what the renderer can show besides task columns
 PARAM_STYLES = ("K", "M")           # 18K, 295K, 1.2M (C3A's table) | 0.08M, 0.33M, 184M (qGOFT's)
 
 

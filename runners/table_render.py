@@ -69,8 +69,20 @@ def memory_text(row: pd.Series) -> str:
     return f"{row['memory_gb']:.2f}{mark}"
 
 
-def _extra_text(extra: Extra, row: pd.Series, tex: bool) -> str:
-    text = params_text(row["trainable_params"], extra.style) if extra.kind == "params" else memory_text(row)
+def lr_text(row: pd.Series, tasks: list[str]) -> str:
+    """The adapter learning rate(s) of the row's selected settings: '0.001', or '0.001, 0.003'
+    when the tasks chose different ones."""
+    found = {float(v) for t in tasks if (v := row.get(f"{t}_lr")) is not None and not pd.isna(v)}
+    return ", ".join(f"{v:g}" for v in sorted(found)) or MISSING
+
+
+def _extra_text(extra: Extra, row: pd.Series, layout: Layout, tex: bool) -> str:
+    if extra.kind == "params":
+        text = params_text(row["trainable_params"], extra.style)
+    elif extra.kind == "lr":
+        text = lr_text(row, layout.tasks)
+    else:
+        text = memory_text(row)
     return text.replace(MISSING, "--").replace(CPU_MARK, r"$^\dagger$") if tex else text
 
 
@@ -164,7 +176,7 @@ def to_markdown(table: Table) -> str:
         model = layout.models.get(row["model"], row["model"]) if row["model"] != previous else ""
         previous = row["model"]
         cells = [model, table.labels[(row["model"], row["method"])][1],
-                 *(_extra_text(e, row, tex=False) for e in layout.extras),
+                 *(_extra_text(e, row, layout, tex=False) for e in layout.extras),
                  *(_cell_md(row, d, marks) for d in displays), _avg_text(row), _seeds(row, layout)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [*layout.notes]
@@ -207,7 +219,7 @@ def to_latex(table: Table) -> str:
         model = tex_escape(layout.models.get(row["model"], row["model"])) if row["model"] != previous else ""
         previous = row["model"]
         cells = [model, table.labels[(row["model"], row["method"])][0],
-                 *(_extra_text(e, row, tex=True) for e in layout.extras),
+                 *(_extra_text(e, row, layout, tex=True) for e in layout.extras),
                  *(_cell_tex(row, d) for d in displays), _avg_text(row, tex=True)]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]

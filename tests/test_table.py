@@ -224,3 +224,22 @@ def test_the_run_time_behind_a_table_is_printed(tmp_path: Path, capsys: pytest.C
                for s in range(3)] + [{**rec("lora", "rte", 1e-2, 0, 0, 0, status="failed"), "wall_time_s": 9e9}]
     assert table.main(["--runs", str(write(tmp_path / "runs", records)), "--out", str(tmp_path / "out")]) == 0
     assert "3 finished train runs, 3.0 h of run time (the sum of their wall_time_s; on cpu)" in capsys.readouterr().out
+
+
+def test_minilm_glue_shows_each_rows_chosen_lr_and_averages_its_five_tasks(tmp_path: Path) -> None:
+    """The real-data layout: the LR column is the selected setting's (not another LR that ran), one
+    value per row unless the tasks chose differently, and Avg needs only the five tasks it has."""
+    layout = load_layout("minilm_glue")
+    assert layout.tasks == ["sst2", "mrpc", "cola", "rte", "stsb"] and "qnli" not in layout.average
+    records = [rec("lora", t, lr, 0, val=70 if lr == 1e-3 else 60, test=50 + i)
+               for i, t in enumerate(layout.tasks) for lr in (3e-4, 1e-3, 3e-3)]
+    records += [rec("bitfit", t, lr, 0, val=70 if (lr == 3e-3) == (t == "sst2") else 60, test=40)
+                for t in layout.tasks for lr in (3e-3, 1e-2)]
+    out = tmp_path / "out"
+    table.write_outputs(records, out, layout)
+    lines = {line.split(" | ")[1].split()[0]: line for line in (out / "table2.md").read_text().splitlines()
+             if line.startswith("| ")}
+    assert lines["LoRA"].split(" | ")[3] == "0.001" and lines["BitFit"].split(" | ")[3] == "0.003, 0.01"
+    row = pd.read_csv(out / "table2.csv").set_index("method").loc["lora"]
+    assert row["avg"] == pytest.approx(52.0) and row["cola_lr"] == 1e-3
+    assert " & 0.001 & " in (out / "table2.tex").read_text()
