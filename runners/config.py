@@ -15,7 +15,9 @@ PAPER_DIR = Path(__file__).resolve().parents[1] / "conf" / "paper"
 
 @lru_cache
 def paper_table(name: str) -> pd.DataFrame:
-    return pd.read_csv(PAPER_DIR / f"{name}.csv")
+    # convert_dtypes: a column of integers with empty cells stays integer (plain read_csv makes
+    # it float, and 8000.0 fails an integer option's check)
+    return pd.read_csv(PAPER_DIR / f"{name}.csv").convert_dtypes()
 
 
 def paper_value(table: str, model: str, task: str, column: str) -> int | float | str | None:

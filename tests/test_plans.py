@@ -15,6 +15,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig
 
 from conftest import ROOT
+from runners.checks import check
 from runners.config import register_resolvers
 
 PLANS = sorted(p.stem for p in (ROOT / "sweeps" / "plan").glob("*.yaml"))
@@ -45,6 +46,19 @@ def test_plan_jobs_compose(hydra_app, plan: str) -> None:
     for job in (jobs[0], jobs[-1]):  # composing every job of the big grids would take minutes
         cfg = hydra_compose("config", overrides=job)
         assert f"method={cfg.method.name}" in job and f"model={cfg.model.name}" in job
+        check(cfg)  # the options a plan sets pass the checks a run applies before training
+
+
+def test_every_task_of_the_minilm_table_passes_the_checks(hydra_app) -> None:
+    """Per-task budgets come from a CSV with empty cells: SST-2's subset must stay an integer
+    (read as 8000.0, every SST-2 run of the table failed its option check)."""
+    jobs = expand("+plan=minilm_glue", "method=lora", "seed=0")
+    assert len(jobs) == 5
+    for job in jobs:
+        cfg = hydra_compose("config", overrides=job)
+        check(cfg)
+        if cfg.task.name == "sst2":
+            assert cfg.data.max_train_samples == 8000 and isinstance(cfg.data.max_train_samples, int)
 
 
 @pytest.mark.parametrize(("args", "count"), [
