@@ -23,6 +23,7 @@ from runners import checks, metrics, record
 from runners.checkpoint import Checkpoint, checkpoint_dir, model_dir
 from runners.data import prepare, task_test_sets
 from runners.errors import HarnessError, TrainingFailed
+from runners.identity import explain
 from runners.lock import RunLock, lock_path
 from runners.logger import make_logger
 from runners.memory import PeakMemory
@@ -239,6 +240,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         validate(cfg)
         if cfg.mode == "count":
             return {"status": count(cfg), "record": None}
+        if cfg.mode == "identity":  # the identity of the training run: nothing loaded, nothing written
+            cfg = cfg.copy()
+            cfg.mode = "train"
+            explain(cfg, record.record_path(cfg))
+            return {"status": "finished", "record": None}
         path = record.record_path(cfg)
     except Exception as e:
         return _failed(cfg, e, None)

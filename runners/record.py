@@ -14,10 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-# Keys that do not change a run's result: excluded from its identity. Where a machine keeps
-# files (data.dir, model.local_dir) is not what they are (the task, model.name_or_path).
-NOT_IDENTITY = ("force", "results_dir", "logger", "trainer.progress", "trainer.num_threads", "data.dir",
-                "data.cache_dir", "model.local_dir", "search", "lock", "trainer.checkpoint", "trainer.save_model")
+from runners.identity import identity
+
 # Folders beside a record `<name>.json`: its checkpoint and its saved model (`<name>.ckpt/`, `<name>.model/`).
 CHECKPOINT_SUFFIX, MODEL_SUFFIX = ".ckpt", ".model"
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "scikit-learn", "numpy")
@@ -27,21 +25,15 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def identity(cfg: DictConfig) -> str:
-    conf = resolved(cfg)
-    for key in NOT_IDENTITY:
-        *parents, leaf = key.split(".")
-        node = conf
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest()[:12]
+def record_name(cfg: DictConfig | dict[str, Any]) -> str:
+    """lr<lr>-hlr<lr_head>-s<seed>-<identity>.json, from a config or a record's stored config."""
+    t = cfg["trainer"]
+    return f"lr{t['lr']:g}-hlr{t['lr_head']:g}-s{cfg['seed']}-{identity(cfg)}.json"
 
 
 def record_path(cfg: DictConfig) -> Path:
-    """results_dir/<mode>/<model>/<method>/<task>/lr<lr>-hlr<lr_head>-s<seed>-<hash>.json"""
-    name = f"lr{cfg.trainer.lr:g}-hlr{cfg.trainer.lr_head:g}-s{cfg.seed}-{identity(cfg)}.json"
-    return Path(cfg.results_dir) / cfg.mode / cfg.model.name / cfg.method.name / cfg.task.name / name
+    """results_dir/<mode>/<model>/<method>/<task>/lr<lr>-hlr<lr_head>-s<seed>-<identity>.json"""
+    return Path(cfg.results_dir) / cfg.mode / cfg.model.name / cfg.method.name / cfg.task.name / record_name(cfg)
 
 
 def fallback_path(results_dir: str | Path, overrides: list[str] | None, conf: Any) -> Path:

@@ -1,20 +1,19 @@
 """Tables from run records: pure functions of the JSON files and a layout (runners.table_layout).
 
-Per (model, method, task): finished train runs are grouped into settings (everything in the
-resolved config but the seed and the keys that never change a result; in practice the learning
-rates), the setting with the best mean validation score (the task's headline metric) over its
-seeds is chosen, and each of the layout's columns for that task reports its set/metric at the
-selected point of those runs: mean ± sample std (ddof=1) over the seeds, with n. n=1 has no
-std. When a staged search ran in a cell (some record has `config.search.stage == 2`), only
-settings holding a stage-2 run compete, so a one-seed stage-1 setting never wins over them,
-and the cell is marked. Failed runs are listed, never averaged. Memory comes from
-`mode=memory` records only. Where the records carry their test sets' baselines, each column
-also gets its bar (what a constant predictor cannot pass) and the cell's margin over it.
+Per (model, method, task): finished train runs are grouped into settings (a run's identity,
+conf/identity.yaml, less its seed; in practice the learning rates), the setting with the best
+mean validation score (the task's headline metric) over its seeds is chosen, and each of the
+layout's columns for that task reports its set/metric at the selected point of those runs: mean
+± sample std (ddof=1) over the seeds, with n. n=1 has no std. When a staged search ran in a
+cell (some record has `config.search.stage == 2`), only settings holding a stage-2 run compete,
+so a one-seed stage-1 setting never wins over them, and the cell is marked. Failed runs are
+listed, never averaged. Memory comes from `mode=memory` records only. Where the records carry
+their test sets' baselines, each column also gets its bar (what a constant predictor cannot
+pass) and the cell's margin over it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import warnings
@@ -25,11 +24,11 @@ from typing import Any
 
 import pandas as pd
 
-from runners.record import CHECKPOINT_SUFFIX, MODEL_SUFFIX, NOT_IDENTITY
+from runners.identity import digest, flatten, identity_view
+from runners.record import CHECKPOINT_SUFFIX, MODEL_SUFFIX
 from runners.table_layout import Column, Layout
 
 _LR_KEYS = {"trainer.lr", "trainer.lr_head"}
-_NOT_SETTING = {"seed", *NOT_IDENTITY}
 FAILURE_KEYS = ("mode", "model", "method", "task", "lr", "lr_head", "seed", "status", "reason", "path")
 
 
@@ -94,23 +93,19 @@ def load_records(runs: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
-    return out
+def _setting(rec: dict[str, Any]) -> dict[str, Any]:
+    """The run's identity (the same rule as its record path's) less its seed."""
+    view = identity_view(rec.get("config") or {})
+    view.pop("seed", None)
+    return view
 
 
 def _setting_config(rec: dict[str, Any]) -> dict[str, Any]:
-    """The resolved config minus the seed and the keys that never change a result."""
-    flat = _flatten(rec.get("config", {}))
-    return {k: v for k, v in flat.items() if not any(k == d or k.startswith(d + ".") for d in _NOT_SETTING)}
+    return flatten(_setting(rec))
 
 
 def setting_key(rec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(_setting_config(rec), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return digest(_setting(rec))
 
 
 def search_stage(rec: dict[str, Any]) -> Any:

@@ -98,7 +98,7 @@ def test_every_method_and_task_passes_the_option_checks() -> None:
     ("data.max_seq_len=0", "data.max_seq_len=0; allowed: an integer >= 8"),
     ("protocol.name=dev", "protocol.name='dev'; allowed: train_val_dev_test, dev_halves, dev_dev"),
     ("memory.steps=x", "memory.steps='x'; allowed: an integer >= 1"),
-    ("mode=fly", "mode='fly'; allowed: train, count, memory"),
+    ("mode=fly", "mode='fly'; allowed: train, count, memory, identity"),
     ("search.stage=3", "search.stage=3; allowed: null, 1, 2"),
     ("trainer.checkpoint.keep=yes", "trainer.checkpoint.keep='yes'; allowed: true or false"),
 ])

@@ -91,7 +91,7 @@ def test_non_finite_loss_is_recorded_as_failed(run_cli) -> None:
 
 def test_bad_option_value_lists_allowed(run_cli) -> None:
     proc = run_cli("mode=fly", check=False)
-    assert proc.returncode != 0 and "error: mode='fly'; allowed: train, count, memory" in proc.stderr
+    assert proc.returncode != 0 and "error: mode='fly'; allowed: train, count, memory, identity" in proc.stderr
 
 
 # 96 rows / batch 16, evaluated every 2 steps for 8 steps: 4 points. RTE's validation accuracy at this
