@@ -113,27 +113,46 @@ def _take(columns: dict[str, list], idx: np.ndarray) -> dict[str, list]:
     return {k: [v[i] for i in idx] for k, v in columns.items()}
 
 
-def split(sets: dict[str, dict], task: DictConfig, protocol: DictConfig) -> dict[str, dict]:
+def split(sets: dict[str, dict], task: DictConfig, protocol: DictConfig, hub: bool = False) -> dict[str, dict]:
     """train/validation/<test sets> per the protocol option (deterministic in protocol.split_seed).
-    Protocols that take validation from dev take it from the first test set (MNLI: matched)."""
+    Protocols that take validation from dev take it from the first test set (MNLI: matched).
+    A carve the set cannot give (a label too rare to stratify, nothing left) is an error naming
+    the task, the set (its TSV file, or its hub split when `hub`) and the counts."""
     seed = protocol.split_seed
     stratified = task.num_labels > 1
     train, tests = sets["train"], {name: sets[name] for name in task_test_sets(task)}
     first = task_test_sets(task)[0]
 
-    def carve(columns: dict, fraction: float, cap: int | None) -> tuple[dict, dict]:
+    def carve(name: str, columns: dict, fraction: float, cap: int | None) -> tuple[dict, dict]:
         n = len(columns["label"])
         size = int(round(n * fraction)) if cap is None else min(int(round(n * fraction)), cap)
+        source = task.splits[name]
+        where = f"task {task.name}: " + (f"hub split {source.hub!r}" if hub else f"{task.glue_dir}/{source.tsv}")
+        carving = f"({n} rows, val_fraction {fraction}, val_max {cap})"
+        if size == n:  # nothing left to train on (dev_halves: to test on)
+            kept = "training" if name == "train" else name
+            raise HarnessError(f"{where}: the {kept} split is empty after carving validation {carving}")
+        if size == 0:
+            raise HarnessError(f"{where}: the validation split carved is empty {carving}")
+        if stratified:
+            labels, counts = np.unique(columns["label"], return_counts=True)
+            for label, count in zip(labels, counts):
+                if count < 2:
+                    raise HarnessError(f"{where}: label {task.label_names[int(label)]!r} has {count} row; "
+                                       "a stratified validation carve needs at least 2 per label")
+            if min(size, n - size) < len(labels):
+                raise HarnessError(f"{where}: a stratified carve {carving} leaves {min(size, n - size)} rows "
+                                   f"on one side for {len(labels)} labels; it needs one row per label on each")
         keep, held = train_test_split(
             np.arange(n), test_size=size, random_state=seed, stratify=columns["label"] if stratified else None
         )
         return _take(columns, keep), _take(columns, held)
 
     if protocol.name == "train_val_dev_test":
-        train, val = carve(train, protocol.val_fraction, protocol.val_max)
+        train, val = carve("train", train, protocol.val_fraction, protocol.val_max)
         return {"train": train, "validation": val, **tests}
     if protocol.name == "dev_halves":
-        test, val = carve(tests[first], protocol.val_fraction, protocol.val_max)
+        test, val = carve(first, tests[first], protocol.val_fraction, protocol.val_max)
         return {"train": train, "validation": val, **tests, first: test}
     if protocol.name == "dev_dev":
         return {"train": train, "validation": tests[first], **tests}
@@ -155,18 +174,30 @@ def prepare(cfg: DictConfig, tokenizer) -> tuple[DatasetDict, dict[str, int] | N
     key_cfg["data"].pop("cache_dir")
     key = hashlib.sha256(json.dumps(key_cfg, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cfg.data.cache_dir) / f"{cfg.task.name}-{key}"
-    if (path / SKIPPED).is_file():  # a cache folder without it (older layout) is rebuilt
-        ds, skipped = load_from_disk(str(path)), json.loads((path / SKIPPED).read_text())
-    else:
-        ds, skipped = _tokenize(cfg, tokenizer, path)
+    splits = ["train", "validation", *task_test_sets(cfg.task)]
+    cached = _cached(path, splits)
+    ds, skipped = cached if cached is not None else _tokenize(cfg, tokenizer, path, splits)
     for file, n in (skipped or {}).items():
         print(f"skipped {n} rows with missing fields in {file} (task {cfg.task.name} declares skip_malformed)")
     return ds, skipped
 
 
-def _tokenize(cfg: DictConfig, tokenizer, path: Path) -> tuple[DatasetDict, dict[str, int] | None]:
+def _cached(path: Path, splits: list[str]) -> tuple[DatasetDict, dict[str, int] | None] | None:
+    """The cache folder's splits and skipped counts, or None when it is missing, partial (a
+    split's files or the skipped counts absent) or from an older layout: then it is rebuilt."""
+    if not path.is_dir():
+        return None
+    try:
+        ds = load_from_disk(str(path))
+        skipped = json.loads((path / SKIPPED).read_text())
+    except (OSError, ValueError):  # datasets and json report a missing or unreadable file so
+        return None
+    return (ds, skipped) if isinstance(ds, DatasetDict) and list(ds) == splits else None
+
+
+def _tokenize(cfg: DictConfig, tokenizer, path: Path, splits: list[str]) -> tuple[DatasetDict, dict[str, int] | None]:
     sets, skipped = load_glue(cfg.task, cfg.data)
-    parts = split(sets, cfg.task, cfg.protocol)
+    parts = split(sets, cfg.task, cfg.protocol, hub=cfg.data.dir is None)
     parts["train"] = _subset(parts["train"], cfg.data.max_train_samples, cfg.protocol.split_seed)
     for name in ("validation", *task_test_sets(cfg.task)):
         parts[name] = _subset(parts[name], cfg.data.max_eval_samples, cfg.protocol.split_seed)
@@ -178,12 +209,19 @@ def _tokenize(cfg: DictConfig, tokenizer, path: Path) -> tuple[DatasetDict, dict
         texts = [batch[k] for k in keys]
         return tokenizer(*texts, truncation=True, max_length=cfg.data.max_seq_len)
 
-    ds = DatasetDict({name: Dataset.from_dict(cols) for name, cols in parts.items()})
+    ds = DatasetDict({name: Dataset.from_dict(parts[name]) for name in splits})
     ds = ds.map(tokenize, batched=True, remove_columns=keys)
     ds = ds.rename_column("label", "labels")
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     ds.save_to_disk(str(tmp))
     (tmp / SKIPPED).write_text(json.dumps(skipped if declared else None))
+    if path.exists() and _cached(path, splits) is None:  # partial or older: set aside, then replace
+        aside = path.with_name(f"{path.name}.old{os.getpid()}")
+        try:
+            path.rename(aside)
+        except OSError:  # a parallel job set it aside first
+            pass
+        shutil.rmtree(aside, ignore_errors=True)
     try:
         tmp.rename(path)  # atomic: a killed run never leaves a half-written cache
     except OSError:  # a parallel job cached the same data first

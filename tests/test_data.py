@@ -4,6 +4,7 @@ here that reproduce the TSV pitfalls: quotes as text, a BOM, no header)."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -152,3 +153,95 @@ def test_quotes_bom_and_headerless_files_read_every_row(task: str, tmp_path: Pat
     else:
         expected = {"sentence": [f"{a} {b}" for a, b in QUOTED]}
     assert cols == {**expected, "label": [1, 0, 1]} and skipped == 0
+
+
+# ---- files written here: no GLUE copy needed ---------------------------------------------------
+
+RTE_HEAD = "index\tsentence1\tsentence2\tlabel\n"
+
+
+def write_rte(root: Path, labels: list[str], dev: int = 10) -> Path:
+    """An RTE folder in the original layout: train.tsv with `labels` (one row each), dev.tsv balanced."""
+    (root / "RTE").mkdir(parents=True)
+    rows = "".join(f"{i}\tThe cat {i} sat on mat {i % 7}.\tA cat {i} sat.\t{lab}\n" for i, lab in enumerate(labels))
+    (root / "RTE" / "train.tsv").write_text(RTE_HEAD + rows, encoding="utf-8")
+    dev_rows = "".join(f"{i}\tA dog {i} ran.\tThe dog {i} ran home.\t{['entailment', 'not_entailment'][i % 2]}\n"
+                       for i in range(dev))
+    (root / "RTE" / "dev.tsv").write_text(RTE_HEAD + dev_rows, encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("damage", ["train/state.json", "skipped_rows.json"])
+def test_a_partial_cache_is_rebuilt_once(damage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache folder missing a split's state.json (a partial copy) or skipped_rows.json (an
+    older layout) is rebuilt once, in place; the next call reads it. ~2 s each."""
+    import runners.data
+    from runners.models import build_tokenizer
+
+    glue = write_rte(tmp_path / "glue", ["entailment", "not_entailment"] * 20)
+    cfg = compose("task=rte", f"data.dir={glue}", f"data.cache_dir={tmp_path / 'cache'}", "data.max_seq_len=32")
+    tok = build_tokenizer(cfg.model)
+    fresh, _ = prepare(cfg, tok)
+    (folder,) = (tmp_path / "cache").iterdir()
+    (folder / damage).unlink()
+    loads = []
+    monkeypatch.setattr(runners.data, "load_glue", lambda *a: loads.append(a) or load_glue(*a))
+    rebuilt, _ = prepare(cfg, tok)
+    assert len(loads) == 1 and list((tmp_path / "cache").iterdir()) == [folder]  # swapped in, nothing left over
+    cached, _ = prepare(cfg, tok)
+    assert len(loads) == 1  # read from the rebuilt cache
+    for ds in (rebuilt, cached):
+        assert {name: part.to_dict() for name, part in ds.items()} == {n: p.to_dict() for n, p in fresh.items()}
+
+
+@pytest.mark.parametrize(("labels", "options", "message"), [
+    (["entailment"] * 9 + ["not_entailment"], {}, "task rte: RTE/train.tsv: label 'not_entailment' has 1 row; "
+                                                   "a stratified validation carve needs at least 2 per label"),
+    (["entailment", "not_entailment"] * 5, {"val_fraction": 1.0}, "task rte: RTE/train.tsv: the training split is "
+                                                                  "empty after carving validation (10 rows, "
+                                                                  "val_fraction 1.0, val_max 2000)"),
+    (["entailment", "not_entailment"] * 5, {"val_fraction": 0.0}, "task rte: RTE/train.tsv: the validation split "
+                                                                  "carved is empty (10 rows, val_fraction 0.0, "
+                                                                  "val_max 2000)"),
+    (["entailment", "not_entailment"] * 5, {"val_max": 1}, "task rte: RTE/train.tsv: a stratified carve (10 rows, "
+                                                           "val_fraction 0.1, val_max 1) leaves 1 rows on one side "
+                                                           "for 2 labels; it needs one row per label on each"),
+    (["entailment", "not_entailment"] * 5, {"name": "dev_halves", "val_fraction": 1.0},
+     "task rte: RTE/dev.tsv: the test split is empty after carving validation (10 rows, val_fraction 1.0, "
+     "val_max None)"),
+])
+def test_a_carve_the_rows_cannot_give_is_named(labels: list[str], options: dict, message: str, tmp_path: Path) -> None:
+    """In process, each under 0.1 s."""
+    glue = write_rte(tmp_path, labels)
+    protocol = options.pop("name", "train_val_dev_test")
+    cfg = compose("task=rte", f"protocol={protocol}", f"data.dir={glue}",
+                  *(f"protocol.{k}={v}" for k, v in options.items()))
+    sets, _ = load_glue(cfg.task, cfg.data)
+    with pytest.raises(HarnessError) as e:
+        split(sets, cfg.task, cfg.protocol)
+    assert str(e.value) == message
+    with pytest.raises(HarnessError) as e:  # the same rows from the hub: named by the hub's split
+        split(sets, cfg.task, cfg.protocol, hub=True)
+    assert str(e.value) == re.sub(r"RTE/(train|dev)\.tsv", lambda m: f"hub split '{m[1].replace('dev', 'validation')}'",
+                                  message)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("labels", "message"), [
+    (["entailment"] * 9 + ["not_entailment"], "task rte: RTE/train.tsv: label 'not_entailment' has 1 row; "
+                                               "a stratified validation carve needs at least 2 per label"),
+    ([], "task rte: RTE/train.tsv: the training split is empty after carving validation (0 rows, val_fraction 0.1, "
+         "val_max 2000)"),
+])
+def test_bad_rows_for_a_carve_are_one_error_line_and_a_failed_record(run_cli, labels: list[str], message: str,
+                                                                     tmp_path: Path) -> None:
+    """run.py on a train.tsv with a label of one row, and on one with no rows: one `error:` line,
+    no traceback, exit 1, a failed record with the reason. ~5 s each (a subprocess that stops
+    before the model is built)."""
+    glue = write_rte(tmp_path / "glue", labels)
+    proc = run_cli("task=rte", f"data.dir={glue}", "data.max_seq_len=32", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert [line for line in out.splitlines() if line.startswith("error")] == [f"error: {message}"]
+    rec = json.loads(Path(proc.stdout.strip().splitlines()[-1].removeprefix("record: ")).read_text())
+    assert rec["status"] == "failed" and rec["reason"] == message and rec["failed_before_training"] is True

@@ -1,6 +1,7 @@
 """MNLI, QQP and WNLI as data: the original GLUE TSV layouts (written here from real RTE/MRPC
 rows: the real MNLI/QQP/WNLI files are not available), the hub's split and column names, the
-protocols' splits with several test sets, skipped rows, and records through run.py."""
+protocols' splits with several test sets, skipped rows, records through run.py, and the real hub
+loader on a folder in the hub's layout."""
 
 from __future__ import annotations
 
@@ -295,3 +296,95 @@ def test_mnli_qqp_wnli_records_from_the_original_layout(run_cli, small_glue: Pat
     assert wnli["test_sets"] == ["test"] and wnli["sizes"] == {"train": 36, "validation": 4, "test": 20}
     assert set(wnli["selected"]["metrics"]) == {"validation", "test"}
     assert "matched" in proc.stdout and "mismatched" in proc.stdout  # the selected line names both sets
+
+
+# ---- the hub path for real: a folder in the hub's layout, read by datasets.load_dataset ---------
+
+HUB_ROWS = {"MRPC": (80, 40), "STS-B": (80, 40)}  # real rows taken from the GLUE copy: train, dev
+HUB_LABELS = {"mrpc": ["not_equivalent", "equivalent"], "mnli": MNLI_LABELS}  # the hub's ClassLabel names
+
+
+def _hub_config(root: Path, config: str, splits: dict[str, dict], text: list[str]) -> tuple[dict, object]:
+    """One config of the hub's GLUE layout: <config>/<split>-00000-of-00001.parquet with an idx
+    column, ClassLabel labels (float32 scores for STS-B); returns its `configs:` entry and info."""
+    label = datasets.ClassLabel(names=HUB_LABELS[config]) if config in HUB_LABELS else datasets.Value("float32")
+    features = datasets.Features({**{c: datasets.Value("string") for c in text}, "label": label,
+                                  "idx": datasets.Value("int32")})
+    files = []
+    for name, cols in splits.items():
+        rows = {**cols, "idx": list(range(len(cols["label"])))}
+        (root / config).mkdir(parents=True, exist_ok=True)
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(root / config / f"{name}-00000-of-00001.parquet")
+        files.append({"split": name, "path": f"{config}/{name}-*"})
+    return {"data_files": files}, datasets.DatasetInfo(features=features, config_name=config)
+
+
+def write_hub_and_tsv(hub: Path, tsv: Path, glue_dir: Path) -> None:
+    """The same rows in both layouts: real MRPC and STS-B rows (the TSVs' first lines, copied as they
+    are), synthetic MNLI rows (real RTE text). The README's `configs:` and `dataset_info:` blocks are
+    written by datasets' own card writers, as push_to_hub writes them."""
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    configs, infos = {}, {}
+    for folder, (n_train, n_dev) in HUB_ROWS.items():
+        splits = {}
+        for file, hub_split, n in (("train.tsv", "train", n_train), ("dev.tsv", "validation", n_dev)):
+            with open(glue_dir / folder / file, encoding="utf-8-sig", newline="") as f:
+                lines = f.readlines()[: n + 1]
+            (tsv / folder).mkdir(parents=True, exist_ok=True)
+            (tsv / folder / file).write_text("".join(lines), encoding="utf-8")
+            rows = list(csv.reader(lines[1:], delimiter="\t", quoting=csv.QUOTE_NONE))
+            if folder == "MRPC":  # Quality, #1 ID, #2 ID, #1 String, #2 String
+                splits[hub_split] = {"sentence1": [r[3] for r in rows], "sentence2": [r[4] for r in rows],
+                                     "label": [int(r[0]) for r in rows]}
+            else:  # ..., sentence1, sentence2, score
+                splits[hub_split] = {"sentence1": [r[7] for r in rows], "sentence2": [r[8] for r in rows],
+                                     "label": [float(r[9]) for r in rows]}
+        config = folder.lower().replace("-", "")
+        configs[config], infos[config] = _hub_config(hub, config, splits, ["sentence1", "sentence2"])
+
+    n_train, n_matched, n_mismatched = SIZES["mnli"]
+    mnli = {"train": (_pairs(glue_dir, "RTE", "train.tsv", 0, n_train), "fiction", "train.tsv"),
+            "validation_matched": (_pairs(glue_dir, "RTE", "dev.tsv", 0, n_matched), "fiction", "dev_matched.tsv"),
+            "validation_mismatched": (_pairs(glue_dir, "RTE", "dev.tsv", 100, 100 + n_mismatched), "letters",
+                                      "dev_mismatched.tsv")}
+    splits = {}
+    for hub_split, (pairs, genre, file) in mnli.items():
+        _write(tsv / "MNLI" / file, _mnli(pairs, genre, dev=hub_split != "train"))
+        splits[hub_split] = {"premise": [a for a, _ in pairs], "hypothesis": [b for _, b in pairs],
+                             "label": [i % 3 for i in range(len(pairs))]}  # _mnli's gold labels
+    for hub_split in ("test_matched", "test_mismatched"):  # the hub's hidden test labels: -1
+        splits[hub_split] = {"premise": ["A test premise."] * 3, "hypothesis": ["A hypothesis."] * 3, "label": [-1] * 3}
+    configs["mnli"], infos["mnli"] = _hub_config(hub, "mnli", splits, ["premise", "hypothesis"])
+
+    card = DatasetCardData()
+    DatasetInfosDict(infos).to_dataset_card_data(card)
+    MetadataConfigs(configs).to_dataset_card_data(card)
+    DatasetCard(f"---\n{card}\n---\n").save(hub / "README.md")
+
+
+@pytest.mark.slow
+def test_the_hub_layout_and_the_tsvs_give_the_same_records(run_cli, glue_dir: Path, tmp_path: Path) -> None:
+    """The real hub loader (data.dir=null, datasets.load_dataset on a folder in the hub's layout,
+    offline) and the original TSVs holding the same rows give equal records for MRPC, STS-B and
+    MNLI (both test sets). Two multiruns of three jobs (both sources are the same run's identity:
+    the second would skip what the first finished, so the first's records are moved aside). ~75 s."""
+    hub, tsv = tmp_path / "hub", tmp_path / "tsv"
+    write_hub_and_tsv(hub, tsv, glue_dir)
+    records = {}
+    for source, data in (("tsv", [f"data.dir={tsv}"]), ("hub", ["data.dir=null", f"data.hub_dataset={hub}"])):
+        run_cli("task=mrpc,stsb,mnli", *data, *QUICK, multirun=True,
+                env={"OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf_cache")})
+        recs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("train/**/*.json")]
+        assert len(recs) == 3 and all(r["status"] == "finished" for r in recs), source
+        records[source] = {r["task"]: r for r in recs}
+        (tmp_path / "runs").rename(tmp_path / f"runs_{source}")
+    assert all(r["config"]["data"]["dir"] is None for r in records["hub"].values())
+    keys = ("history", "selected", "sizes", "metrics", "test_sets", "trainable_params")
+    for task in ("mrpc", "stsb", "mnli"):
+        from_hub, from_tsv = records["hub"][task], records["tsv"][task]
+        assert {k: from_hub[k] for k in keys} == {k: from_tsv[k] for k in keys}, task
+    assert records["hub"]["mnli"]["sizes"] == {"train": 54, "validation": 6, "matched": 30, "mismatched": 24}
+    assert records["hub"]["stsb"]["sizes"] == {"train": 72, "validation": 8, "test": 40}
