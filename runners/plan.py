@@ -185,6 +185,13 @@ def report(plan: str, table: pd.DataFrame, notes: list[str], staged: dict) -> st
     return "\n".join(lines)
 
 
+def error_line(e: Exception) -> str:
+    """The message on one line; Hydra's name the allowed options on the lines after the first
+    (its config search path, which follows them, is left out)."""
+    text = str(e).split("\nConfig search path:")[0]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     plan, overrides = split_args(sys.argv[1:] if argv is None else argv)
     if plan is None or plan.startswith("-"):
@@ -196,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             jobs, configs, staged = plan_jobs(plan, overrides)
             table, notes = cost(jobs, configs, staged)
     except (HarnessError, HydraException, OmegaConfBaseException, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 1
     print(report(plan, table, notes, staged))
     return 0

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from runners.errors import HarnessError
-from runners.plan import CONF, selected_configs, split_args
+from runners.plan import CONF, error_line, selected_configs, split_args
 
 WEIGHTS = OmegaConf.load(CONF / "prefetch.yaml").weights
 
@@ -77,6 +77,23 @@ def needs(configs: Sequence[DictConfig]) -> tuple[list[Checkpoint], list[Glue]]:
     return list(models.values()), list(tasks)
 
 
+@contextmanager
+def offline() -> Iterator[None]:
+    """huggingface_hub and datasets read HF_HUB_OFFLINE (HF_DATASETS_OFFLINE) once, into
+    huggingface_hub.constants and datasets.config; with both switches on, transformers and
+    load_dataset read only the cache, as they will on the offline compute node. (local_files_only
+    alone is not enough: huggingface_hub still asks the hub for a user-agent registry.)"""
+    import datasets.config
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = before
+
+
 def _weights_cached(repo: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
@@ -105,8 +122,11 @@ def missing_parts(ckpt: Checkpoint) -> list[str]:
             if part in ckpt.parts:
                 try:
                     load(ckpt.repo)
-                except (OSError, ValueError):
+                except OSError:  # transformers' "not found" (offline: not in the cache)
                     missing.append(part)
+                except Exception as e:  # cached but unusable (e.g. a tokenizer package missing): say why
+                    raise HarnessError(f"{ckpt.label}: cannot load its {part}: {type(e).__name__}: "
+                                       f"{str(e).splitlines()[0]}") from e
         if "weights" in ckpt.parts and not _weights_cached(ckpt.repo):
             missing.append("weights")
     return missing
@@ -134,23 +154,6 @@ def fetch_checkpoint(ckpt: Checkpoint, parts: list[str]) -> None:
                 hf_hub_download(ckpt.repo, shard)
 
 
-@contextmanager
-def offline() -> Iterator[None]:
-    """huggingface_hub and datasets read HF_HUB_OFFLINE (HF_DATASETS_OFFLINE) once, into
-    huggingface_hub.constants and datasets.config; with both switches on, transformers and
-    load_dataset read only the cache, as they will on the offline compute node. (local_files_only
-    alone is not enough: huggingface_hub still asks the hub for a user-agent registry.)"""
-    import datasets.config
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = before
-
-
 def glue_cached(glue: Glue) -> bool:
     from datasets import load_dataset
 
@@ -165,21 +168,17 @@ def glue_cached(glue: Glue) -> bool:
 def folder_size(path: Path) -> int:
     """Bytes of the files under path; symbolic links (the hub cache's snapshots point at its
     blobs) are not counted twice."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            stat = os.lstat(os.path.join(root, name))
-            if not os.path.islink(os.path.join(root, name)):
-                total += stat.st_size
-    return total
+    files = (Path(root, name) for root, _, names in os.walk(path) for name in names)
+    return sum(f.lstat().st_size for f in files if not f.is_symlink())
 
 
 def human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
+    size = float(n)
+    for unit in ("B", "KB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
 
 
 def prefetch(checkpoints: list[Checkpoint], tasks: list[Glue]) -> tuple[int, list[str]]:
@@ -206,6 +205,8 @@ def prefetch(checkpoints: list[Checkpoint], tasks: list[Glue]) -> tuple[int, lis
                 raise
             except Exception as e:  # the hub's and transformers' errors vary by version
                 raise HarnessError(f"cannot fetch {ckpt.label}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+            if still := missing_parts(ckpt):  # what was fetched must be what an offline run reads
+                raise HarnessError(f"{ckpt.label}: fetched, but still not readable offline: {', '.join(still)}")
             print(f"{ckpt.label}: fetched ({', '.join(lacking)})")
             fetched += 1
     for glue in tasks:
@@ -252,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoints, tasks = needs(selected_configs(plan, overrides))
         fetched, missing = prefetch(checkpoints, tasks)
     except (HarnessError, HydraException, OmegaConfBaseException, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 1
     if missing:
         print(f"error: offline and not in the cache: {'; '.join(missing)}; run python -m runners.prefetch "

@@ -79,7 +79,7 @@ def run_prefetch(home: Path, *args: str, online: bool = False) -> subprocess.Com
 
 
 def test_cached_checkpoint_and_glue_need_no_network(hf_home: Path) -> None:
-    """Not offline by any switch, every socket blocked: both items are found in the cache. ~12 s."""
+    """Not offline by any switch, every socket blocked: both items are found in the cache. ~7 s."""
     proc = run_prefetch(hf_home, "model=minilm", "model.local_dir=null", "data.dir=null", "task=rte", online=True)
     assert proc.returncode == 0, proc.stderr
     assert "network call" not in proc.stderr
@@ -91,7 +91,7 @@ def test_cached_checkpoint_and_glue_need_no_network(hf_home: Path) -> None:
 
 
 def test_offline_missing_items_are_one_error_line(hf_home: Path) -> None:
-    """HF_HUB_OFFLINE=1: an uncached checkpoint and an uncached task, one error naming both. ~12 s."""
+    """HF_HUB_OFFLINE=1: an uncached checkpoint and an uncached task, one error naming both. ~7 s."""
     proc = run_prefetch(hf_home, "model=roberta-base", "data.dir=null", "task=rte,mrpc")
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -101,9 +101,10 @@ def test_offline_missing_items_are_one_error_line(hf_home: Path) -> None:
     assert "data nyu-mll/glue/rte: already cached" in proc.stdout.splitlines()
 
 
-def test_plan_selects_every_checkpoint_and_task() -> None:
+def test_plan_selects_every_checkpoint_and_task(capsys: pytest.CaptureFixture) -> None:
     """PLAN form: the plan's models and tasks, each once, with the parts its runs read; local
-    copies and local TSVs are skipped without looking at the cache. ~15 s."""
+    copies and local TSVs are skipped without looking at the cache; a wrong value names the
+    allowed ones. ~10 s."""
     checkpoints, tasks = pf.needs(selected_configs("table2_base", ["method=lora", "seed=0", "data.dir=null"]))
     assert [(c.repo, c.local_dir, c.parts) for c in checkpoints] == [
         ("FacebookAI/roberta-base", None, {"config", "tokenizer", "weights"})]
@@ -121,6 +122,9 @@ def test_plan_selects_every_checkpoint_and_task() -> None:
     checkpoints, tasks = pf.needs(selected_configs("minilm_mini", ["method=lora", f"data.dir={GLUE}"]))
     assert len(checkpoints) == 1 and len(tasks) == 5
     assert pf.prefetch(checkpoints, tasks) == (0, [])  # everything skipped: nothing read or fetched
+    assert pf.main(["model=nosuch"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "minilm roberta-base" in err[0]
 
 
 @pytest.mark.slow
