@@ -40,22 +40,39 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 CELL = ["model", "method", "task"]
 
 
-def plan_jobs(plan: str, overrides: Sequence[str]) -> tuple[list[list[str]], list[DictConfig], dict]:
+def split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """`[PLAN] [key=value ...]` as (PLAN, overrides); PLAN is None when the first argument is an
+    override (or there is none)."""
+    if args and "=" not in args[0]:
+        return args[0], list(args[1:])
+    return None, list(args)
+
+
+def plan_jobs(plan: str | None, overrides: Sequence[str]) -> tuple[list[list[str]], list[DictConfig], dict]:
     """(each job's overrides, each job's composed config, the sweeper's `staged` options), inside an
-    initialized Hydra, exactly as `run.py -m +plan=PLAN *overrides` would compose them."""
+    initialized Hydra, exactly as `run.py -m +plan=PLAN *overrides` would compose them (without a
+    plan: as `run.py -m *overrides`, one job when no override sweeps)."""
     loader = GlobalHydra.instance().config_loader()
     plans = loader.get_group_options("plan", config_name="config")
-    if plan not in plans:
+    if plan is not None and plan not in plans:
         raise HarnessError(f"plan {plan!r} not found; allowed: {', '.join(plans)}")
     parser = OverridesParser.create(config_loader=loader)
     parsed = parser.parse_overrides(list(overrides))
     hydra_args = [o.input_line for o in parsed if o.is_hydra_override()]
-    task_args = [f"+plan={plan}", *(o.input_line for o in parsed if not o.is_hydra_override())]
-    cfg = compose("config", overrides=[f"+plan={plan}", *hydra_args], return_hydra_config=True)
+    chosen = [] if plan is None else [f"+plan={plan}"]
+    task_args = [*chosen, *(o.input_line for o in parsed if not o.is_hydra_override())]
+    cfg = compose("config", overrides=[*chosen, *hydra_args], return_hydra_config=True)
     ctx = HydraContext(config_loader=loader, callbacks=Callbacks())
     sweeper = Plugins.instance().instantiate_sweeper(hydra_context=ctx, task_function=lambda _: None, config=cfg)
     jobs = sweeper.expand(task_args)
     return jobs, job_configs(jobs, parser), sweeper.staged
+
+
+def selected_configs(plan: str | None, overrides: Sequence[str]) -> list[DictConfig]:
+    """The composed config of every run `plan_jobs` selects (Hydra initialized here)."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return plan_jobs(plan, overrides)[1]
 
 
 def job_configs(jobs: list[list[str]], parser: OverridesParser) -> list[DictConfig]:
@@ -168,19 +185,25 @@ def report(plan: str, table: pd.DataFrame, notes: list[str], staged: dict) -> st
     return "\n".join(lines)
 
 
+def error_line(e: Exception) -> str:
+    """The message on one line; Hydra's name the allowed options on the lines after the first
+    (its config search path, which follows them, is left out)."""
+    text = str(e).split("\nConfig search path:")[0]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0].startswith("-") or "=" in args[0]:
+    plan, overrides = split_args(sys.argv[1:] if argv is None else argv)
+    if plan is None or plan.startswith("-"):
         print("usage: python -m runners.plan PLAN [key=value ...]", file=sys.stderr)
         return 2
-    plan, overrides = args[0], args[1:]
     register_resolvers()
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
             jobs, configs, staged = plan_jobs(plan, overrides)
             table, notes = cost(jobs, configs, staged)
     except (HarnessError, HydraException, OmegaConfBaseException, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 1
     print(report(plan, table, notes, staged))
     return 0
