@@ -199,7 +199,7 @@ def test_a_continued_run_records_the_code_of_each_segment(run_cli, tmp_path: Pat
     trainer.checkpoint.same_code=true (one error line, a failed record, the checkpoint kept)
     and continued by default, the record listing both code segments."""
     from runners import record
-    from runners.checkpoint import checkpoint_dir, describe
+    from runners.checkpoint import checkpoint_dir
     from runners.job import run_job
 
     quick = [a for a in ARGS if not a.startswith(("trainer.max_steps", "data.max_eval", "trainer.save_model"))]
@@ -218,10 +218,11 @@ def test_a_continued_run_records_the_code_of_each_segment(run_cli, tmp_path: Pat
                state_file)
     path.unlink()
     refused = run_cli(*args, "trainer.checkpoint.same_code=true", check=False)
+    shown = "unknown" if now is None else now["commit"][:12] + (" (dirty)" if now["dirty"] else "")
     errors = [line for line in (refused.stdout + refused.stderr).splitlines() if line.startswith("error:")]
     assert refused.returncode == 1 and errors == [
         f"error: run failed: trainer.checkpoint.same_code=true: {state_file} was written by code 0123456789ab, "
-        f"this is {describe(now)}; the checkpoint is kept (trainer.checkpoint.same_code=false continues it)"]
+        f"this is {shown}; the checkpoint is kept (trainer.checkpoint.same_code=false continues it)"]
     failed = record.read(path)
     assert failed["status"] == "failed" and errors[0].endswith(failed["reason"])
     assert torch.load(state_file, weights_only=False)["code_version"] == other  # kept as it was
