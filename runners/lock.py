@@ -108,12 +108,15 @@ class RunLock:
         only this call uses: rename is atomic on local filesystems and on NFS, so exactly one
         file leaves the lock path and no other process can change what was taken. The taken
         file is then checked; if it is not the expected one, it is linked back (os.link, atomic
-        on both, never replaces a lock created meanwhile) and the private name removed.
+        on both, never replaces a lock created meanwhile; an NFS link that reports EEXIST after
+        succeeding leaves the lock in place as well) and the private name removed.
         Callers read the lock first and call this only for the file they expect, so a restore
         happens only when the lock changed in the few microseconds between that read and the
-        rename. While the file is away the path is empty: a process acquiring just then creates
-        its own lock and the restore leaves it in place; the displaced owner then finds a foreign
-        token at its next check and stops (LockLost). Either way at most one process owns the run."""
+        rename (a takeover of a stale lock at that very moment). While the file is away the path
+        is empty: a process acquiring just then keeps its own lock, and the displaced owner (or
+        an owner checking just then) finds its lock gone or foreign and stops (LockLost). So the
+        remaining window can cost a run its owner (it is re-run once its lock goes stale), never
+        give it two."""
         taken = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex}")
         try:
             os.rename(self.path, taken)
