@@ -188,7 +188,7 @@ def wait_for(what: str, done, proc: subprocess.Popen, timeout_s: float = 300) ->
 @pytest.mark.slow
 @pytest.mark.needs_glue
 def test_a_run_suspended_past_its_lock_stops_when_it_wakes(tmp_path: Path, cache_dir: Path) -> None:
-    """~40 s, three run.py processes of 12 LoRA steps on 64 real RTE rows: the first is
+    """~30 s (65 s on a busy 2-core machine), three run.py processes of 8 LoRA steps on 64 RTE rows: the first is
     SIGSTOPped after its first checkpoint until its lock goes stale; a second takes the run
     over and continues it; the first, woken while the second trains, exits 1 with one error
     line and writes nothing; the one record equals an uninterrupted run's."""
