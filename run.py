@@ -16,13 +16,13 @@ register_resolvers()
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> dict[str, Any]:
-    """One job; returns {"status": "finished" | "skipped" | "failed", "record": path or None}
-    (what a sweeper summarises). A failed single run exits 1; in a sweep the job returns and
-    the sweep goes on (the failure is recorded)."""
+    """One job; returns {"status": "finished" | "skipped" | "failed" | "lost_lock", "record": path
+    or None} (what a sweeper summarises). A single run that failed or lost its lock exits 1; in
+    a sweep the job returns and the sweep goes on (a failure is recorded)."""
     from runners.job import run_job  # heavy imports after Hydra has parsed the command line
 
     result = run_job(cfg)
-    if result["status"] == "failed" and HydraConfig.get().mode.name != "MULTIRUN":
+    if result["status"] in ("failed", "lost_lock") and HydraConfig.get().mode.name != "MULTIRUN":
         sys.exit(1)
     return result
 

@@ -20,11 +20,11 @@ from transformers import set_seed
 
 from c3a.methods import Adapted, apply_method
 from runners import checks, metrics, record
-from runners.checkpoint import Checkpoint, checkpoint_dir, model_dir
+from runners.checkpoint import Checkpoint, CheckpointRefused, checkpoint_dir, model_dir
 from runners.data import prepare, task_test_sets
 from runners.errors import HarnessError, TrainingFailed
 from runners.identity import explain
-from runners.lock import RunLock, lock_path
+from runners.lock import LockLost, RunLock, lock_path
 from runners.logger import make_logger
 from runners.memory import PeakMemory
 from runners.models import build_model, build_tokenizer, model_layout
@@ -81,12 +81,13 @@ def count(cfg: DictConfig) -> str:
     return "finished"
 
 
-def memory(cfg: DictConfig, path: Path) -> str:
+def memory(cfg: DictConfig, path: Path, lock: RunLock) -> str:
     """Peak memory of a few training steps at a fixed input (random weights and tokens),
     measured in a fresh process so earlier work in this one cannot inflate it."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
         result = pool.apply(measure_memory, (OmegaConf.to_container(cfg, resolve=True),))
+    lock.verify()
     record.write(path, {
         "status": "finished", "mode": "memory", **_identity(cfg), **result,
         "config": record.resolved(cfg), "environment": record.environment(), **record.provenance(),
@@ -126,8 +127,9 @@ def _identity(cfg: DictConfig) -> dict:
     return {k: OmegaConf.select(cfg, key, throw_on_resolution_failure=False) for k, key in IDENTITY.items()}
 
 
-def fit(cfg: DictConfig, path: Path) -> str:
-    """Train one configuration (its lock held) and write its record; returns its status."""
+def fit(cfg: DictConfig, path: Path, lock: RunLock) -> str:
+    """Train one configuration (its lock held) and write its record; returns its status.
+    Raises LockLost, having written nothing more, when the lock is no longer this process's."""
     device = device_of(cfg)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -148,16 +150,22 @@ def fit(cfg: DictConfig, path: Path) -> str:
     adapted = adapted_model(cfg)
     rec["trainable_params"] = adapted.trainable_params
     logger = make_logger(cfg, rec)
-    crash = None
+    crash, lost, refused = None, None, False
     c = cfg.trainer.checkpoint
-    ckpt = Checkpoint(checkpoint_dir(path), keep=c.keep, started=start) if c.enabled else None
+    ckpt = Checkpoint(checkpoint_dir(path), keep=c.keep, started=start, same_code=c.same_code) if c.enabled else None
     if ckpt is not None and record.finished(path):  # force=true: a kept checkpoint must not shortcut the re-run
         ckpt.clear()
     try:
-        rec.update(train(adapted, data, tokenizer, cfg, device, log=logger.log, ckpt=ckpt))
+        rec.update(train(adapted, data, tokenizer, cfg, device, log=logger.log, ckpt=ckpt, lock=lock))
         if cfg.trainer.save_model:  # train() left the model at the selected point
+            lock.verify()
             rec["saved_model"] = str(adapted.save(model_dir(path)))
         rec["status"] = "finished"
+    except LockLost as e:
+        lost = e
+    except CheckpointRefused as e:  # before any step; the checkpoint stays for a relaunch that allows it
+        rec.update(status="failed", reason=str(e))
+        refused = True
     except TrainingFailed as e:
         rec.update(status="failed", reason=str(e))
     except Exception as e:  # a bug or a device error: recorded, and the sweep goes on
@@ -165,6 +173,8 @@ def fit(cfg: DictConfig, path: Path) -> str:
         crash = f"crashed: {_reason(e)} (traceback in the job's log)"
     finally:
         rec["resumed_from_step"] = ckpt.resumed_from_step if ckpt is not None else None
+        rec["code_segments"] = (ckpt.code_segments if ckpt is not None
+                                else [{"code_version": rec["code_version"], "from_step": 0}])
         earlier = ckpt.earlier_s if rec["resumed_from_step"] is not None else None
         if rec["resumed_from_step"] is not None:  # the earlier processes' time counts in wall_time_s
             rec["wall_time_before_resume_s"] = earlier  # None: a checkpoint that did not record it
@@ -173,10 +183,17 @@ def fit(cfg: DictConfig, path: Path) -> str:
         ended = rec["status"] != "running"  # finished, or failed for good: no continuing it
         if not ended:  # an unexpected exception (or a requeue signal) is on its way up
             rec.update(status="failed", reason=crash or "interrupted (see the job's log)")
-        record.write(path, rec)
-        if ckpt is not None and ended:  # a crashed run keeps its checkpoint: a relaunch continues it
-            ckpt.finish()
+        if lost is None and not lock.owns():  # re-read immediately before writing
+            lost = lock.lost()
+        if lost is None:
+            record.write(path, rec)
+            if ckpt is not None and ended and not refused:  # crashed or refused: kept for a relaunch
+                ckpt.finish()
+        else:  # the record path, checkpoint and saved model are the new owner's now
+            rec.update(status="lost_lock", reason=str(lost))
         logger.finish(rec)
+    if lost is not None:
+        raise lost
     if rec["status"] == "failed":
         print(f"error: run failed: {rec['reason']}")
     else:
@@ -220,6 +237,11 @@ def _failed(cfg: DictConfig, e: Exception, path: Path | None) -> dict[str, Any]:
     return {"status": "failed", "record": str(path)}
 
 
+def _lost(e: LockLost, path: Path) -> dict[str, Any]:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return {"status": "lost_lock", "record": str(path)}
+
+
 def _finished(cfg: DictConfig, path: Path) -> bool:
     if cfg.mode == "train" and record.finished(path) and not cfg.force:
         print("skipped: an identical finished run exists (force=true re-runs it)")
@@ -229,13 +251,16 @@ def _finished(cfg: DictConfig, path: Path) -> bool:
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
-    """One job, whatever happens: returns {"status": "finished" | "skipped" | "failed",
-    "record": path or None} and never raises for the job's own failure, so a sweep goes on.
+    """One job, whatever happens: returns {"status": "finished" | "skipped" | "failed" |
+    "lost_lock", "record": path or None} and never raises for the job's own failure, so a
+    sweep goes on.
 
     A job that fails before training still writes a failed record with the reason: at its
     record path, or under results_dir/failed/ when its config fails the option checks or
     gives no record path. A run first claims its record path with a lock (runners.lock):
-    a run that another live process holds is skipped."""
+    a run that another live process holds is skipped; a run whose lock another process takes
+    over meanwhile (this one was suspended past lock.stale_after_s) stops, writes nothing
+    more and returns "lost_lock"."""
     try:
         validate(cfg)
         if cfg.mode == "count":
@@ -258,8 +283,12 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     try:
         if _finished(cfg, path):  # finished by another process between the first check and the lock
             return {"status": "skipped", "record": str(path)}
-        status = fit(cfg, path) if cfg.mode == "train" else memory(cfg, path)
+        status = fit(cfg, path, lock) if cfg.mode == "train" else memory(cfg, path, lock)
+    except LockLost as e:
+        return _lost(e, path)
     except Exception as e:
+        if not lock.owns():  # no failed record over the new owner's path
+            return _lost(lock.lost(), path)
         return _failed(cfg, e, path)
     finally:
         lock.release()

@@ -18,6 +18,7 @@ from runners import metrics
 from runners.checkpoint import Checkpoint, load_trainable, rng_state, set_rng_state, trainable_state
 from runners.data import loader, task_test_sets
 from runners.errors import HarnessError, TrainingFailed
+from runners.lock import RunLock
 
 LOSS_CHECK_EVERY = 20  # steps between host syncs that check the loss is finite
 
@@ -58,13 +59,15 @@ def evaluate(model: torch.nn.Module, batches, names: list[str], device: torch.de
 
 def train(
     adapted: Adapted, data: DatasetDict, tokenizer, cfg: DictConfig, device: torch.device, log=None,
-    ckpt: Checkpoint | None = None,
+    ckpt: Checkpoint | None = None, lock: RunLock | None = None,
 ) -> dict:
     """Train and evaluate; returns {"history": [...], "selected": {...}}.
 
     With `ckpt`, the state is saved at every evaluation point (and every
     `trainer.checkpoint.every_steps`) and a saved state is continued from, exactly. With
-    `trainer.save_model`, the model is left at the selected point's trained state.
+    `trainer.save_model`, the model is left at the selected point's trained state. With
+    `lock`, training stops (LockLost) as soon as the run's lock is no longer this process's,
+    and no checkpoint is saved without re-reading it.
     """
     t, metric = cfg.trainer, cfg.task.metric
     model = adapted.model.to(device)
@@ -108,6 +111,8 @@ def train(
             set_rng_state(resume["rng"])  # last: drawing the order above may consume the global RNG
             resume = None
         for batch in batches:
+            if lock is not None:
+                lock.check()
             done += 1
             batch = batch.to(device)
             with autocast(device, t.precision):
@@ -147,6 +152,8 @@ def train(
                     kept = {"step": step, "params": trainable_state(model)}  # same rule as the selection below
             # At evaluation points (and every checkpoint.every_steps); the final step is followed by the record.
             if ckpt is not None and step < total and (step % eval_every == 0 or step % ckpt_every == 0):
+                if lock is not None:
+                    lock.verify()
                 ckpt.save({
                     "step": step, "history": history, "kept": kept, "params": trainable_state(model),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),

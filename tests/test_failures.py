@@ -119,6 +119,37 @@ def test_a_run_locked_by_a_live_process_is_skipped(tmp_path: Path, capsys) -> No
     assert f"skipped: another process is running this configuration ({socket.gethostname()} pid {os.getpid()}" in out
 
 
+@pytest.mark.parametrize("ends", ["finishes", "crashes"])
+def test_a_run_that_lost_its_lock_writes_no_record(tmp_path: Path, glue_dir: Path, cache_dir: Path, monkeypatch,
+                                                   capsys, ends: str) -> None:
+    """~5 s each: the lock is taken over while the run trains (as after a suspension past
+    lock.stale_after_s); whether training then ends or crashes, the run writes no record,
+    finished or failed, over the new owner's path and reports one error line."""
+    from runners import job, record
+    from runners.lock import lock_path
+
+    cfg = compose(f"results_dir={tmp_path / 'runs'}", f"data.dir={glue_dir}", f"data.cache_dir={cache_dir}", *TINY)
+    path = record.record_path(cfg)
+    theirs = {"host": "elsewhere.cluster", "pid": 1, "token": "theirs", "since": "earlier"}
+    real_train = job.train
+
+    def taken_over(*args, **kwargs) -> dict:
+        out = real_train(*args, **kwargs) if ends == "finishes" else None
+        lock_path(path).write_text(json.dumps(theirs))
+        if ends == "crashes":
+            raise RuntimeError("boom")
+        return out
+
+    monkeypatch.setattr(job, "train", taken_over)
+    result = job.run_job(cfg)
+    assert not path.exists(), f"a {read(path)['status']} record over the new owner's path"
+    assert result == {"status": "lost_lock", "record": str(path)}
+    assert read(lock_path(path)) == theirs  # left to its owner
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: lost the lock {lock_path(path)}: it is now held by elsewhere.cluster pid 1 since "
+                      "earlier; this process stops and writes nothing for the run"]
+
+
 # Subprocesses: run.py as a user runs it.
 
 @pytest.mark.slow

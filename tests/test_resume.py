@@ -189,3 +189,46 @@ def test_kept_checkpoint_stays_and_a_forced_rerun_starts_over(tmp_path: Path, ca
     again = record.read(path)
     assert again["started_at"] != first["started_at"] and again["resumed_from_step"] is None
     assert again["history"] == first["history"]
+
+
+@pytest.mark.slow
+@pytest.mark.needs_glue
+def test_a_continued_run_records_the_code_of_each_segment(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+    """~35 s, one run in process and two run.py processes of 8 LoRA steps: the checkpoint holds
+    the code version that wrote it; a checkpoint from other code is refused with
+    trainer.checkpoint.same_code=true (one error line, a failed record, the checkpoint kept)
+    and continued by default, the record listing both code segments."""
+    from runners import record
+    from runners.checkpoint import checkpoint_dir
+    from runners.job import run_job
+
+    quick = [a for a in ARGS if not a.startswith(("trainer.max_steps", "data.max_eval", "trainer.save_model"))]
+    args = [*quick, "trainer.max_steps=8", "data.max_eval_samples=16", "trainer.checkpoint.keep=true"]
+    cfg = compose(*args, f"results_dir={tmp_path / 'runs'}", f"data.cache_dir={cache_dir}", f"data.dir={GLUE}")
+    assert run_job(cfg)["status"] == "finished"
+    path = record.record_path(cfg)
+    first, state_file = record.read(path), checkpoint_dir(path) / "state.pt"
+    state, now = torch.load(state_file, weights_only=False), first["code_version"]
+    assert state["step"] == 4 and state["code_version"] == now
+    assert first["code_segments"] == [{"code_version": now, "from_step": 0}]
+
+    # as if another commit had trained the first 4 steps and the run had stopped there
+    other = {"commit": "0123456789ab" + "0" * 28, "dirty": False}
+    torch.save({**state, "code_version": other, "code_segments": [{"code_version": other, "from_step": 0}]},
+               state_file)
+    path.unlink()
+    refused = run_cli(*args, "trainer.checkpoint.same_code=true", check=False)
+    shown = "unknown" if now is None else now["commit"][:12] + (" (dirty)" if now["dirty"] else "")
+    errors = [line for line in (refused.stdout + refused.stderr).splitlines() if line.startswith("error:")]
+    assert refused.returncode == 1 and errors == [
+        f"error: run failed: trainer.checkpoint.same_code=true: {state_file} was written by code 0123456789ab, "
+        f"this is {shown}; the checkpoint is kept (trainer.checkpoint.same_code=false continues it)"]
+    failed = record.read(path)
+    assert failed["status"] == "failed" and errors[0].endswith(failed["reason"])
+    assert torch.load(state_file, weights_only=False)["code_version"] == other  # kept as it was
+
+    run_cli(*args)
+    resumed = record.read(path)
+    assert resumed["status"] == "finished" and resumed["resumed_from_step"] == 4
+    assert resumed["code_segments"] == [{"code_version": other, "from_step": 0}, {"code_version": now, "from_step": 4}]
+    assert resumed["history"] == first["history"]

@@ -47,6 +47,7 @@ def test_best_settings_rank_by_mean_validation_per_cell() -> None:
     ({"status": "finished", "record": "a.json"}, "finished"),
     ({"status": "skipped", "record": "a.json"}, "skipped"),
     ({"status": "failed", "record": None}, "failed"),
+    ({"status": "lost_lock", "record": "a.json"}, "lost_lock"),  # counted apart: another process carries the run on
     (ValueError("boom"), "failed"),  # a job that raised
 ])
 def test_job_outcome(result: object, expected: str) -> None:
@@ -65,7 +66,7 @@ def test_real_two_stage_sweep_runs_the_expected_subset(run_cli, tmp_path: Path) 
     whose stage-1 validation (Pearson, continuous: no ties) is best; 3 + 4 = 7 runs."""
     args = [*QUICK, f"trainer.lr={','.join(LRS)}", "seed=0,1,2", "hydra.sweeper.staged.enabled=true"]
     out = run_cli(*args, multirun=True).stdout
-    assert last_line(out) == "sweep: 7 finished, 0 skipped, 0 failed"
+    assert last_line(out) == "sweep: 7 finished, 0 skipped, 0 failed, 0 lost lock"
     recs = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "train").rglob("*.json")]
     assert all(r["status"] == "finished" for r in recs)
     launched = {(r["lr"], r["seed"], r["config"]["search"]["stage"]) for r in recs}
@@ -79,7 +80,7 @@ def test_real_two_stage_sweep_runs_the_expected_subset(run_cli, tmp_path: Path) 
     # relaunched: every run is skipped, its record still read, and the same stage 2 is chosen
     # (a different choice would train new runs)
     proc = run_cli(*args, multirun=True)
-    assert last_line(proc.stdout) == "sweep: 0 finished, 7 skipped, 0 failed"
+    assert last_line(proc.stdout) == "sweep: 0 finished, 7 skipped, 0 failed, 0 lost lock"
     assert len(list((tmp_path / "runs" / "train").rglob("*.json"))) == 7
     launch_log = proc.stdout + proc.stderr  # Hydra's "#N : overrides" lines
     stage2 = re.findall(r"trainer\.lr=(\S+) seed=(\d) .*search\.stage=2", launch_log)

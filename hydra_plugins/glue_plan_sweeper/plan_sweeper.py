@@ -18,9 +18,10 @@ the mean `selected.validation` of their stage-1 records, and stage 2 runs the re
 the best `top_k` only. Jobs carry `search.stage=1|2` (not part of a run's identity), so a
 relaunched staged sweep skips finished runs, still reads their records and picks the same stage 2.
 
-Every multirun ends with `sweep: N finished, M skipped, K failed` (from run.py's job return
-values `{"status": ..., "record": ...}`; a job that raised counts as failed) and exits with
-status 1 when any job failed.
+Every multirun ends with `sweep: N finished, M skipped, K failed, L lost lock` (from run.py's
+job return values `{"status": ..., "record": ...}`; a job that raised counts as failed; a job
+that lost its run's lock to another process, which carries the run on, is neither) and exits
+with status 1 when any job failed.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ class PlanSweeper(BasicSweeper):
                      f"(the best {self.staged['top_k']} settings per cell)")
             returns += self.launch([[*j, "search.stage=2"] for j in second])
         counts = Counter(outcome(r) for batch in returns for r in batch)
-        print(f"sweep: {counts['finished']} finished, {counts['skipped']} skipped, {counts['failed']} failed",
-              flush=True)
+        print(f"sweep: {counts['finished']} finished, {counts['skipped']} skipped, {counts['failed']} failed, "
+              f"{counts['lost_lock']} lost lock", flush=True)
         if counts["failed"]:
             sys.exit(1)  # SystemExit passes through Hydra's run_and_report: the process exits 1
         return returns
@@ -194,9 +195,9 @@ def best_settings(first: list[list[str]], scores: list[tuple[tuple[str, str, str
 
 
 def outcome(result: JobReturn) -> str:
-    """finished | skipped | failed, from run.py's return value; a job that raised failed."""
+    """finished | skipped | failed | lost_lock, from run.py's return value; a job that raised failed."""
     if result.status != JobStatus.COMPLETED:
         return "failed"
     value = result.return_value
     status = value.get("status") if isinstance(value, Mapping) else "finished"
-    return status if status in ("finished", "skipped") else "failed"
+    return status if status in ("finished", "skipped", "lost_lock") else "failed"
