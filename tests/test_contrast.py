@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 from table_records import rec, write
 
-from runners import table
-from runners.table_stats import average_difference, difference
+from runners.analysis import table
+from runners.analysis.stats import average_difference, difference
 
 LINE = re.compile(r"^(?P<name>[\w ()]+): (?P<model>[\w-]+): (?P<a>\w+) - (?P<b>\w+) = (?P<mean>[+-]\d+\.\d\d), "
                   r"95% CI (?:\[(?P<low>[+-]\d+\.\d\d), (?P<high>[+-]\d+\.\d\d)\]|undefined \((?P<why>[^)]*)\))"

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, compose, last_line
-from runners import identity, migrate, record, table_select
+from runners import identity, migrate, record
+from runners.analysis import select
 from runners.identity import identity_view
 
 COMMITTED = [ROOT / "results" / "minilm_glue" / "runs", ROOT / "results" / "minilm_glue" / "pilot"]
@@ -108,9 +109,9 @@ def test_tables_group_seeds_by_the_identity_rule() -> None:
     new["config"]["task"]["train_rows"] = 1
     new["config"]["memory"]["steps"] = 9
     new["config"]["seed"] = old["config"]["seed"] + 1
-    assert table_select.setting_key(new) == table_select.setting_key(old)
+    assert select.setting_key(new) == select.setting_key(old)
     new["config"]["trainer"]["warmup_ratio"] = 0.2
-    assert table_select.setting_key(new) != table_select.setting_key(old)
+    assert select.setting_key(new) != select.setting_key(old)
 
 
 def test_identity_view_is_the_same_from_a_config_and_from_its_record() -> None:
@@ -132,7 +133,7 @@ def test_migrate_renames_once_and_the_tables_stay_byte_identical(tmp_path: Path,
     """Records named by another rule are renamed to their identity, with their checkpoint and
     saved model (and `saved_model`); the tables are the same bytes before and after; a second
     migration renames nothing. (About 5 s.)"""
-    from runners import table
+    from runners.analysis import table
 
     runs = tmp_path / "runs"
     shutil.copytree(COMMITTED[0], runs)

@@ -1,4 +1,4 @@
-"""The pilot's learning-rate choice (runners.pilot) on hand-made records with a known answer."""
+"""The pilot's learning-rate choice (runners.analysis.pilot) on hand-made records with a known answer."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from table_records import rec, write
 
-from runners import pilot
-from runners.table_select import load_records
+from runners.analysis import pilot
+from runners.analysis.select import load_records
 
 
 def chosen(grid: pd.DataFrame) -> dict[str, float]:

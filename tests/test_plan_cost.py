@@ -16,7 +16,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import GLUE, OFFLINE, ROOT, last_line
-from runners import plan
+from runners import sweep
+from runners.analysis import plan
 
 TASKS = ["sst2", "mrpc", "cola", "qnli", "rte", "stsb"]
 
@@ -68,7 +69,7 @@ def test_job_configs_equal_hydra_compose(args: list[str], picks: tuple[int, ...]
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        jobs, configs, _ = plan.plan_jobs(args[0], args[1:])
+        jobs, configs, _ = sweep.plan_jobs(args[0], args[1:])
         for i in picks:
             direct = compose("config", overrides=jobs[i])
             assert OmegaConf.to_container(configs[i], resolve=True) == OmegaConf.to_container(direct, resolve=True)

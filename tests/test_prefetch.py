@@ -15,7 +15,7 @@ import pytest
 
 from conftest import GLUE, OFFLINE, ROOT, last_line
 from runners import prefetch as pf
-from runners.plan import selected_configs
+from runners.sweep import selected_configs
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 REV = "0123456789abcdef0123456789abcdef01234567"

@@ -87,7 +87,7 @@ def test_sweep_resumes_after_kill_without_reruns_or_duplicates(run_cli, tmp_path
     assert stamps(records(runs, "lora")) == lora_stamps
 
     # 3. Table 2 from these records equals a recomputation with json + statistics
-    from runners.table import main
+    from runners.analysis.table import main
 
     assert main(["--runs", str(runs), "--out", str(tmp_path / "tables")]) == 0
     rows = {r["method"]: r for r in csv.DictReader((tmp_path / "tables" / "table2.csv").open())}

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from table_records import rec, write
 
-from runners import table
-from runners.table_layout import load_layout, plain
-from runners.table_render import BELOW_NOTE, compare, params_text, to_markdown
-from runners.table_select import TableWarning, build_table, failures, load_records, select_cells
+from runners.analysis import table
+from runners.analysis.columns import load_layout, plain
+from runners.analysis.render import BELOW_NOTE, compare, params_text, to_markdown
+from runners.analysis.select import TableWarning, build_table, failures, load_records, select_cells
 
 C3A = load_layout("c3a_table2")
 TASKS = C3A.tasks

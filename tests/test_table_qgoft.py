@@ -11,9 +11,9 @@ import pytest
 import yaml
 from table_records import rec, write
 
-from runners import table
-from runners.table_layout import LAYOUT_DIR
-from runners.table_render import params_text
+from runners.analysis import table
+from runners.analysis.columns import LAYOUT_DIR
+from runners.analysis.render import params_text
 
 MODEL = "deberta-v3-base"
 METHODS = {"goft": {}, "qgoft": {}, "lora_r2": {"peft_config": {"r": 2}}, "oft_b8": {}, "full": {}}

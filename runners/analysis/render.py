@@ -1,8 +1,8 @@
-"""Formatting of a filled table layout (runners.table_select.Table): Markdown, LaTeX, comparison.
+"""Formatting of a filled table layout (runners.analysis.select.Table): Markdown, LaTeX, comparison.
 
 Markdown marks, per task column and model block, the best mean in bold and, with TIE_MARK,
 the cells whose difference from it has a 95% confidence interval over seeds that holds 0
-(runners.table_stats: paired t when both cells ran the same seeds, Welch otherwise; a cell
+(runners.analysis.stats: paired t when both cells ran the same seeds, Welch otherwise; a cell
 with one seed is not tested). Cells whose setting a staged search chose carry STAGED_MARK
 in Markdown and LaTeX.
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 import pandas as pd
 
+from runners.analysis.columns import Column, Extra, TableLayout, tex_escape
+from runners.analysis.select import Table
+from runners.analysis.stats import difference
 from runners.errors import HarnessError
-from runners.table_layout import Column, Extra, Layout, tex_escape
-from runners.table_select import Table
-from runners.table_stats import difference
 
 MISSING = "–"
 CPU_MARK = "†"
@@ -42,7 +42,7 @@ class _Display:
     columns: tuple[Column, ...]
 
 
-def _displays(layout: Layout) -> list[_Display]:
+def _displays(layout: TableLayout) -> list[_Display]:
     out: list[_Display] = []
     for c in layout.columns:
         if c.group is not None and out and out[-1].columns[-1].group == c.group:
@@ -76,7 +76,7 @@ def lr_text(row: pd.Series, tasks: list[str]) -> str:
     return ", ".join(f"{v:g}" for v in sorted(found)) or MISSING
 
 
-def _extra_text(extra: Extra, row: pd.Series, layout: Layout, tex: bool) -> str:
+def _extra_text(extra: Extra, row: pd.Series, layout: TableLayout, tex: bool) -> str:
     if extra.kind == "params":
         text = params_text(row["trainable_params"], extra.style)
     elif extra.kind == "lr":
@@ -103,7 +103,7 @@ def _avg_text(row: pd.Series, tex: bool = False) -> str:
     return f"{row['avg']:.2f}"
 
 
-def _seeds(row: pd.Series, layout: Layout) -> str:
+def _seeds(row: pd.Series, layout: TableLayout) -> str:
     ns = [int(row[f"{c.key}_n"]) for c in layout.columns if not pd.isna(row[f"{c.key}_n"])]
     if not ns:
         return MISSING

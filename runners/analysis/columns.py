@@ -17,7 +17,7 @@ import yaml
 
 from runners.errors import HarnessError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAYOUT_DIR = ROOT / "conf" / "table"
 DEFAULT_LAYOUT = "c3a_table2"
 EXTRA_KINDS = ("params", "memory", "lr")  # what the renderer can show besides task columns
@@ -52,7 +52,7 @@ class Row:
 
 
 @dataclass(frozen=True)
-class Layout:
+class TableLayout:
     name: str
     stem: str                          # output files <stem>.csv/.tex/.md
     columns: tuple[Column, ...]
@@ -125,7 +125,7 @@ def _need(node: dict[str, Any], key: str, where: str) -> Any:
     return node[key]
 
 
-def load_layout(name_or_path: str | Path = DEFAULT_LAYOUT) -> Layout:
+def load_layout(name_or_path: str | Path = DEFAULT_LAYOUT) -> TableLayout:
     """A layout by name (conf/table/<name>.yaml) or by the path of a YAML file."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
@@ -181,7 +181,7 @@ def load_layout(name_or_path: str | Path = DEFAULT_LAYOUT) -> Layout:
     paper_columns = {str(k): str(v) for k, v in (paper.get("columns") or {}).items()}
     if unknown := [k for k in paper_columns if k not in (*keys, "params", "memory_gb", "avg")]:
         raise HarnessError(f"{where}: paper.columns names no column of ours: {', '.join(unknown)}")
-    return Layout(name=path.stem, stem=str(_need(data, "stem", where)), columns=tuple(columns),
+    return TableLayout(name=path.stem, stem=str(_need(data, "stem", where)), columns=tuple(columns),
                   extras=tuple(extras), models=models, rows=tuple(rows), other_rows=bool(data.get("other_rows", True)),
                   average=over, average_label=(str(avg.get("md", "Avg")), str(avg.get("tex", "Avg."))),
                   paper_file=ROOT / paper["file"] if paper.get("file") else None, paper_columns=paper_columns,

@@ -1,4 +1,4 @@
-"""Tables from run records: pure functions of the JSON files and a layout (runners.table_layout).
+"""Tables from run records: pure functions of the JSON files and a layout (runners.analysis.columns).
 
 Per (model, method, task): finished train runs are grouped into settings (a run's identity,
 conf/identity.yaml, less its seed; in practice the learning rates), the setting with the best
@@ -24,9 +24,9 @@ from typing import Any
 
 import pandas as pd
 
+from runners.analysis.columns import Column, TableLayout
 from runners.identity import digest, flatten, identity_view
 from runners.record import CHECKPOINT_SUFFIX, MODEL_SUFFIX
-from runners.table_layout import Column, Layout
 
 _LR_KEYS = {"trainer.lr", "trainer.lr_head"}
 FAILURE_KEYS = ("mode", "model", "method", "task", "lr", "lr_head", "seed", "status", "reason", "path")
@@ -67,7 +67,7 @@ class Cell:
 class Table:
     """A layout filled from records: the CSV frame, the cells behind it and the row labels."""
 
-    layout: Layout
+    layout: TableLayout
     frame: pd.DataFrame
     cells: dict[tuple[str, str, str], Cell]
     labels: dict[tuple[str, str], tuple[str, str]]   # (model, method) -> (LaTeX, Markdown)
@@ -151,12 +151,12 @@ def point_value(rec: dict[str, Any], column: Column) -> float | None:
     return point.get("test") if (column.set, column.metric) == (first_test, rec.get("metric")) else None
 
 
-def shows(layout: Layout, model: str, method: str) -> bool:
+def shows(layout: TableLayout, model: str, method: str) -> bool:
     """Whether the layout has a row for (model, method)."""
     return layout.other_rows or (model in layout.models and any(r.method == method for r in layout.rows))
 
 
-def select_cells(records: list[dict[str, Any]], layout: Layout) -> list[Cell]:
+def select_cells(records: list[dict[str, Any]], layout: TableLayout) -> list[Cell]:
     """The selected setting of every (model, method, task) of the layout with finished train runs."""
     tasks = set(layout.tasks)
     cells: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -249,7 +249,7 @@ def _bars(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], float]:
     return {key: max(bars) for key, bars in found.items()}
 
 
-def build_table(records: list[dict[str, Any]], layout: Layout) -> Table:
+def build_table(records: list[dict[str, Any]], layout: TableLayout) -> Table:
     """One row per (model, method) in the layout's order; per column mean/std/n, per task the chosen LRs."""
     cells = {(c.model, c.method, c.task): c for c in select_cells(records, layout)}
     memory, params, configs, bars = _memory(records), _params(records), _configs(records), _bars(records)
