@@ -1,4 +1,4 @@
-"""Entry point: python run.py [mode=train|count|memory] model=X method=M task=T [key=value ...]"""
+"""Entry point: python run.py [mode=train|count|memory|identity] model=X method=M task=T [key=value ...]"""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from runners import checks, failure
 from runners.config import register_resolvers
 
 register_resolvers()
@@ -19,9 +20,14 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     """One job; returns {"status": "finished" | "skipped" | "failed" | "lost_lock", "record": path
     or None} (what a sweeper summarises). A single run that failed or lost its lock exits 1; in
     a sweep the job returns and the sweep goes on (a failure is recorded)."""
-    from runners.job import run_job  # heavy imports after Hydra has parsed the command line
+    try:  # options and interpolations first: a mistake is reported without waiting for torch
+        checks.validate(cfg)
+    except Exception as e:
+        result = failure.report(cfg, e, None)
+    else:
+        from runners.job import run_job  # torch, transformers, PEFT: only for a config that passed
 
-    result = run_job(cfg)
+        result = run_job(cfg)
     if result["status"] in ("failed", "lost_lock") and HydraConfig.get().mode.name != "MULTIRUN":
         sys.exit(1)
     return result

@@ -1,4 +1,5 @@
-"""Early option checks: the allowed values and numeric ranges of conf/checks.yaml."""
+"""Early option checks: the allowed values and numeric ranges of conf/checks.yaml, and the
+config's resolution. Imports no torch: run.py checks a job's options before it imports the job."""
 
 from __future__ import annotations
 
@@ -55,3 +56,13 @@ def check(cfg: DictConfig) -> None:
             continue
         if value is not _ABSENT and not ok(value, rule):
             raise HarnessError(f"{key}={value!r}; allowed: {allowed(rule)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every option (conf/checks.yaml) and resolve every interpolation before any data
+    or model is loaded, so config mistakes surface at once as one message."""
+    check(cfg)
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        raise HarnessError(f"config: {str(e).splitlines()[0]} ({e.full_key})") from None

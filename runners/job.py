@@ -15,11 +15,10 @@ import numpy as np
 import torch
 import transformers
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from transformers import set_seed
 
 from c3a.methods import Adapted, apply_method
-from runners import checks, metrics, record
+from runners import checks, failure, metrics, record
 from runners.checkpoint import Checkpoint, CheckpointRefused, checkpoint_dir, model_dir
 from runners.data import prepare, task_test_sets
 from runners.errors import HarnessError, TrainingFailed
@@ -33,16 +32,6 @@ from runners.train import autocast, optimizer, train
 datasets.disable_progress_bars()
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars in every sweep job
-
-
-def validate(cfg: DictConfig) -> None:
-    """Resolve every interpolation and check every option (conf/checks.yaml) before any data
-    or model is loaded, so config mistakes surface at once as one message."""
-    checks.check(cfg)
-    try:
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except OmegaConfBaseException as e:
-        raise HarnessError(f"config: {str(e).splitlines()[0]} ({e.full_key})") from None
 
 
 def adapted_model(cfg: DictConfig, pretrained: bool | None = None) -> Adapted:
@@ -89,7 +78,7 @@ def memory(cfg: DictConfig, path: Path, lock: RunLock) -> str:
         result = pool.apply(measure_memory, (OmegaConf.to_container(cfg, resolve=True),))
     lock.verify()
     record.write(path, {
-        "status": "finished", "mode": "memory", **_identity(cfg), **result,
+        "status": "finished", "mode": "memory", **record.run_fields(cfg), **result,
         "config": record.resolved(cfg), "environment": record.environment(), **record.provenance(),
     })
     print(f"peak_memory_gb: {result['peak_memory_gb']:.3f}")
@@ -118,15 +107,6 @@ def measure_memory(conf: dict) -> dict:
             "batch_size": m.batch_size, "seq_len": m.seq_len}
 
 
-IDENTITY = {"model": "model.name", "method": "method.name", "task": "task.name", "seed": "seed",
-            "lr": "trainer.lr", "lr_head": "trainer.lr_head", "protocol": "protocol.name"}
-
-
-def _identity(cfg: DictConfig) -> dict:
-    """The record's top-level identity; as much of it as resolves for a config that fails."""
-    return {k: OmegaConf.select(cfg, key, throw_on_resolution_failure=False) for k, key in IDENTITY.items()}
-
-
 def fit(cfg: DictConfig, path: Path, lock: RunLock) -> str:
     """Train one configuration (its lock held) and write its record; returns its status.
     Raises LockLost, having written nothing more, when the lock is no longer this process's."""
@@ -136,7 +116,7 @@ def fit(cfg: DictConfig, path: Path, lock: RunLock) -> str:
     tokenizer = build_tokenizer(cfg.model)
     data, skipped = prepare(cfg, tokenizer)  # before the model: bad data fails fast
 
-    rec = {"status": "running", "mode": "train", **_identity(cfg), "metric": cfg.task.metric,
+    rec = {"status": "running", "mode": "train", **record.run_fields(cfg), "metric": cfg.task.metric,
            "config": record.resolved(cfg), "environment": record.environment(), "device": str(device),
            "started_at": datetime.now(timezone.utc).isoformat(),
            "sizes": {split: len(data[split]) for split in data},
@@ -170,7 +150,7 @@ def fit(cfg: DictConfig, path: Path, lock: RunLock) -> str:
         rec.update(status="failed", reason=str(e))
     except Exception as e:  # a bug or a device error: recorded, and the sweep goes on
         traceback.print_exc()
-        crash = f"crashed: {_reason(e)} (traceback in the job's log)"
+        crash = f"crashed: {failure.reason(e)} (traceback in the job's log)"
     finally:
         rec["resumed_from_step"] = ckpt.resumed_from_step if ckpt is not None else None
         rec["code_segments"] = (ckpt.code_segments if ckpt is not None
@@ -205,38 +185,6 @@ def fit(cfg: DictConfig, path: Path, lock: RunLock) -> str:
     return rec["status"]
 
 
-def _reason(e: Exception) -> str:
-    if isinstance(e, HarnessError):
-        return str(e)
-    first = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
-
-
-def _failed(cfg: DictConfig, e: Exception, path: Path | None) -> dict[str, Any]:
-    """Report a job that failed before training and record it at `path`, or, when there is
-    none (or a finished record there must be kept: force=true), at the fallback path."""
-    if not isinstance(e, HarnessError):
-        traceback.print_exc()
-    reason = _reason(e)
-    print(f"error: {reason}", file=sys.stderr, flush=True)
-    results_dir = OmegaConf.select(cfg, "results_dir", throw_on_resolution_failure=False)
-    if path is not None and record.finished(path):
-        path = None
-    if path is None and (OmegaConf.select(cfg, "mode") == "count" or results_dir is None):
-        return {"status": "failed", "record": None}  # count mode writes no record
-    try:
-        conf = OmegaConf.to_container(cfg, resolve=True)
-    except OmegaConfBaseException:
-        conf = OmegaConf.to_container(cfg, resolve=False)
-    path = path or record.fallback_path(results_dir, record.provenance()["overrides"], conf)
-    record.write(path, {"status": "failed", "mode": OmegaConf.select(cfg, "mode"), **_identity(cfg),
-                        "reason": reason, "failed_before_training": True, "config": conf,
-                        "environment": record.environment(), **record.provenance(),
-                        "finished_at": datetime.now(timezone.utc).isoformat()})
-    print(f"record: {path}", flush=True)
-    return {"status": "failed", "record": str(path)}
-
-
 def _lost(e: LockLost, path: Path) -> dict[str, Any]:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return {"status": "lost_lock", "record": str(path)}
@@ -262,7 +210,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     over meanwhile (this one was suspended past lock.stale_after_s) stops, writes nothing
     more and returns "lost_lock"."""
     try:
-        validate(cfg)
+        checks.validate(cfg)
         if cfg.mode == "count":
             return {"status": count(cfg), "record": None}
         if cfg.mode == "identity":  # the identity of the training run: nothing loaded, nothing written
@@ -272,7 +220,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             return {"status": "finished", "record": None}
         path = record.record_path(cfg)
     except Exception as e:
-        return _failed(cfg, e, None)
+        return failure.report(cfg, e, None)
     if _finished(cfg, path):
         return {"status": "skipped", "record": str(path)}
     lock = RunLock(lock_path(path), cfg.lock.stale_after_s, cfg.lock.refresh_s)
@@ -289,7 +237,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     except Exception as e:
         if not lock.owns():  # no failed record over the new owner's path
             return _lost(lock.lost(), path)
-        return _failed(cfg, e, path)
+        return failure.report(cfg, e, path)
     finally:
         lock.release()
     return {"status": status, "record": str(path)}

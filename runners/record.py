@@ -19,10 +19,18 @@ from runners.identity import identity
 # Folders beside a record `<name>.json`: its checkpoint and its saved model (`<name>.ckpt/`, `<name>.model/`).
 CHECKPOINT_SUFFIX, MODEL_SUFFIX = ".ckpt", ".model"
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "scikit-learn", "numpy")
+# A record's top-level fields naming its run (what the tables and the pilot group by): field -> config key
+RUN_FIELDS = {"model": "model.name", "method": "method.name", "task": "task.name", "seed": "seed",
+              "lr": "trainer.lr", "lr_head": "trainer.lr_head", "protocol": "protocol.name"}
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def run_fields(cfg: DictConfig) -> dict[str, Any]:
+    """The record's top-level fields (RUN_FIELDS); as much of them as resolves for a config that fails."""
+    return {k: OmegaConf.select(cfg, key, throw_on_resolution_failure=False) for k, key in RUN_FIELDS.items()}
 
 
 def record_name(cfg: DictConfig | dict[str, Any]) -> str:
