@@ -113,7 +113,8 @@ def closure(roots: set[str]) -> set[str]:
 
 def heavy_imports(modules: set[str]) -> list[str]:
     """'module: torch' for each module of `modules` that imports torch, transformers or PEFT."""
-    return sorted(f"{m}: {name}" for m in modules for name in imported_names(m) if name.split(".")[0] in HEAVY)
+    return sorted({f"{m}: {name.split('.')[0]}" for m in modules for name in imported_names(m)
+                   if name.split(".")[0] in HEAVY})
 
 
 def analysis_modules() -> set[str]:
