@@ -1,1 +1,2 @@
-"""The harness around the adapters: data, models, training, records, memory, tables."""
+"""One job around the adapters (data, model, loop, resume, record, lock, memory) and, in
+runners.analysis, the analysis of its records."""
