@@ -42,7 +42,7 @@ def train_rows(cfg: DictConfig) -> tuple[int, str | None]:
 
 
 def _train_rows(cfg: DictConfig) -> tuple[int, str | None]:
-    # here, not at the top: runners.data imports torch and transformers, which only this count pays for
+    # not at the top: runners.data imports torch and transformers, and importing the analysis floor must not
     from runners.data import load_glue, split
 
     note = None
