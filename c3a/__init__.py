@@ -4,21 +4,26 @@
   (`block_circular_shared(x, kernels)`: several kernels on one input, in one call).
 - `C3ALinear`, `GivensLinear`: layers wrapping a frozen `nn.Linear` (C3A; qGOFT/GOFT).
 - `apply_method(model, kind, ...)`: the one interface through which every method (own,
-  PEFT-backed, BitFit, full) is applied to a model.
+  PEFT-backed, BitFit, full) is applied to a model; `Method`, `register`, `METHODS`: how a
+  method declares itself (c3a/methods.py).
 - `export_peft(model, dir)`: a trained C3A adapter in PEFT's format.
 """
 
-from c3a.c3a_layer import C3ALinear, SharedInput, c3a_state_dict, load_c3a_state_dict, share_inputs
+# Importing a method's module registers it (METHODS): every module that defines one is imported here.
+from c3a.c3a_layer import C3A, C3ALinear, SharedInput, c3a_state_dict, load_c3a_state_dict, share_inputs
 from c3a.circular import block_circular, block_circular_shared, circulant_matrix
-from c3a.givens import GivensLinear, givens_pairs, givens_state_dict, load_givens_state_dict
-from c3a.methods import METHODS, Adapted, apply_method
+from c3a.givens import Givens, GivensLinear, givens_pairs, givens_state_dict, load_givens_state_dict
+from c3a.methods import METHODS, Adapted, Method, apply_method, register
 from c3a.peft_export import export_peft
 
 __all__ = [
+    "C3A",
     "METHODS",
     "Adapted",
     "C3ALinear",
+    "Givens",
     "GivensLinear",
+    "Method",
     "SharedInput",
     "apply_method",
     "block_circular",
@@ -30,5 +35,6 @@ __all__ = [
     "givens_state_dict",
     "load_c3a_state_dict",
     "load_givens_state_dict",
+    "register",
     "share_inputs",
 ]

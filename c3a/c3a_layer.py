@@ -5,22 +5,47 @@ shape (d_out/p, d_in/p, p) (see docs/METHODS.md, "C3A", and `c3a.circular`).
 
 `share_inputs(model)` links C3A layers that read the same input (query and value of an
 attention block) so that their deltas are computed in one operator call (`SharedInput`).
+The method `kind: c3a` (`C3A`) wraps the targeted linears, links them, and saves a PEFT adapter.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from c3a.circular import block_circular, block_circular_shared, circulant_matrix
+from c3a.methods import Method, register
+from c3a.modules import replace_linears
 
-__all__ = ["INITS", "C3ALinear", "SharedInput", "c3a_state_dict", "load_c3a_state_dict", "share_inputs"]
+__all__ = ["KERNEL_INITS", "C3A", "C3ALinear", "SharedInput", "c3a_state_dict", "load_c3a_state_dict",
+           "share_inputs"]
 
-INITS = ("xavier_uniform", "zeros", "gaussian", "kaiming_uniform")
 KERNEL_SUFFIX = "c3a_kernel"
+
+
+# Kernel inits, fill(kernel, d_in, d_out); bounds follow the paper (Xavier over the whole
+# layer) and PEFT. The keys of KERNEL_INITS are the inits C3ALinear accepts.
+def _xavier_uniform(kernel: Tensor, d_in: int, d_out: int) -> None:
+    a = math.sqrt(6.0 / (d_in + d_out))
+    nn.init.uniform_(kernel, -a, a)
+
+
+def _kaiming_uniform(kernel: Tensor, d_in: int, d_out: int) -> None:
+    a = 1.0 / math.sqrt(d_in)
+    nn.init.uniform_(kernel, -a, a)
+
+
+KERNEL_INITS: dict[str, Callable[[Tensor, int, int], object]] = {
+    "xavier_uniform": _xavier_uniform,
+    "zeros": lambda kernel, d_in, d_out: nn.init.zeros_(kernel),
+    "gaussian": lambda kernel, d_in, d_out: nn.init.normal_(kernel),
+    "kaiming_uniform": _kaiming_uniform,
+}
 
 
 class C3ALinear(nn.Module):
@@ -61,20 +86,10 @@ class C3ALinear(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, init: str = "xavier_uniform") -> None:
-        """Initialise the kernel; bounds follow the paper (Xavier over the whole layer) and PEFT."""
-        d_out, d_in = self.base_layer.out_features, self.base_layer.in_features
-        if init == "xavier_uniform":
-            a = math.sqrt(6.0 / (d_in + d_out))
-            nn.init.uniform_(self.c3a_kernel, -a, a)
-        elif init == "zeros":
-            nn.init.zeros_(self.c3a_kernel)
-        elif init == "gaussian":
-            nn.init.normal_(self.c3a_kernel)
-        elif init == "kaiming_uniform":
-            a = 1.0 / math.sqrt(d_in)
-            nn.init.uniform_(self.c3a_kernel, -a, a)
-        else:
-            raise ValueError(f"unknown C3A init {init!r}; allowed: {', '.join(INITS)}")
+        """Initialise the kernel by one of `KERNEL_INITS`."""
+        if init not in KERNEL_INITS:
+            raise ValueError(f"unknown C3A init {init!r}; allowed: {', '.join(KERNEL_INITS)}")
+        KERNEL_INITS[init](self.c3a_kernel, self.base_layer.in_features, self.base_layer.out_features)
 
     def delta_weight(self) -> Tensor:
         """C(w) / d_in, shaped like the base weight and in its dtype (built in float32)."""
@@ -206,3 +221,37 @@ def load_c3a_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> None
             if param.shape != state_dict[k].shape:
                 raise ValueError(f"{k}: expected shape {tuple(param.shape)}, got {tuple(state_dict[k].shape)}")
             param.copy_(state_dict[k])
+
+
+@register("c3a")
+class C3A(Method):
+    """C3A on the targeted linears, with exactly one of `block_size` (p) and `blocks` (p = d_in / b)."""
+
+    def build(
+        self,
+        model: nn.Module,
+        target_modules: Sequence[str] | str = ("query", "value"),
+        block_size: int | None = None,
+        blocks: int | None = None,
+        init: str = "xavier_uniform",
+        reference_grad: bool = False,
+    ) -> nn.Module:
+        if (block_size is None) == (blocks is None):
+            raise ValueError(f"C3A needs exactly one of block_size and blocks (got {block_size=}, {blocks=}); "
+                             "set the other to null (method.block_size=P method.blocks=null)")
+
+        def wrap(linear: nn.Linear) -> C3ALinear:
+            p = block_size or linear.in_features // blocks
+            if blocks and linear.in_features % blocks:
+                raise ValueError(f"C3A blocks={blocks} does not divide the layer's input width {linear.in_features}")
+            return C3ALinear(linear, p, init=init, reference_grad=reference_grad)
+
+        replace_linears(model, target_modules, wrap)
+        share_inputs(model)  # query and value read the same hidden states: one operator call per block
+        return model
+
+    def save(self, model: nn.Module, out_dir: Path, head_modules: Sequence[str]) -> None:
+        """A PEFT C3A adapter (`export_peft`), the head as its `modules_to_save`."""
+        from c3a.peft_export import export_peft
+
+        export_peft(model, out_dir, modules_to_save=list(head_modules))

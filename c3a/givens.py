@@ -22,18 +22,32 @@ s-wide blocks: 2 T d s flops per factor.
 Precision: W R^T and the backward's rotations run in float32 for bf16/fp16 bases (in the
 weight's own dtype when wider); W R^T is cast to the base dtype once, so the log2(d_in)
 stage roundings never happen in half precision. At init (identity blocks) it is exact.
+
+The method `kind: givens` (`Givens`) wraps the targeted linears; it saves the whole model with
+the rotations merged into plain linears (there is no PEFT format for them).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-VARIANTS = ("qgoft", "goft")
+from c3a.methods import Method, register
+from c3a.modules import replace_linears
+
+# variant -> its trainable parameters at the identity, for input width d; the keys are the
+# variants GivensLinear accepts
+VARIANT_PARAMETERS = {
+    "qgoft": lambda d, **factory: {"givens_blocks": torch.eye(2, **factory).repeat(d - 1, 1, 1)},
+    "goft": lambda d, **factory: {"givens_phi": torch.zeros(d - 1, **factory)},
+}
 
 
 @functools.cache
@@ -214,8 +228,8 @@ class GivensLinear(nn.Module):
     """
 
     def __init__(self, base_layer: nn.Linear, variant: str = "qgoft") -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown Givens variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+        if variant not in VARIANT_PARAMETERS:
+            raise ValueError(f"unknown Givens variant {variant!r}; allowed: {', '.join(VARIANT_PARAMETERS)}")
         if base_layer.in_features < 2:
             raise ValueError(f"Givens rotations need in_features >= 2, got {base_layer.in_features}")
         super().__init__()
@@ -223,12 +237,10 @@ class GivensLinear(nn.Module):
         self.variant = variant
         self.merged = False
         self._original_weight: Tensor | None = None
-        d, weight = base_layer.in_features, base_layer.weight
+        weight = base_layer.weight
         factory = {"dtype": _compute_dtype(weight.dtype), "device": weight.device}
-        if variant == "goft":
-            self.givens_phi = nn.Parameter(torch.zeros(d - 1, **factory))
-        else:
-            self.givens_blocks = nn.Parameter(torch.eye(2, **factory).repeat(d - 1, 1, 1))
+        for name, value in VARIANT_PARAMETERS[variant](base_layer.in_features, **factory).items():
+            self.register_parameter(name, nn.Parameter(value))
 
     def rotation_blocks(self) -> Tensor:
         """The (d_in - 1, 2, 2) blocks, stage by stage; differentiable in the parameters."""
@@ -289,6 +301,27 @@ class GivensLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, merged={self.merged}"
+
+
+@register("givens")
+class Givens(Method):
+    """qGOFT or GOFT (`variant`) on the targeted linears."""
+
+    no_decay = ("givens_",)  # decay would pull the blocks to zero, not to the identity
+
+    def build(self, model: nn.Module, target_modules: Sequence[str] | str, variant: str = "qgoft") -> nn.Module:
+        replace_linears(model, target_modules, lambda linear: GivensLinear(linear, variant=variant))
+        return model
+
+    def save(self, model: nn.Module, out_dir: Path, head_modules: Sequence[str]) -> None:
+        """The whole model, each Givens layer merged into its base linear (on a copy)."""
+        model = copy.deepcopy(model)
+        for name, layer in list(model.named_modules()):
+            if isinstance(layer, GivensLinear):
+                layer.merge()
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, layer.base_layer)
+        model.save_pretrained(out_dir)
 
 
 def givens_regularizer(model: nn.Module) -> Tensor:

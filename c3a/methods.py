@@ -1,26 +1,62 @@
 """One interface through which every method is applied to a model.
 
+A method is a `Method` registered under its `kind` (the `method.kind` of its YAML): it builds
+(adds or unfreezes its parameters on a frozen model), declares which of its parameters must
+not decay, and saves the trained state. Its layers may define `regularizer()`: `Adapted` adds
+them up. Our own methods register next to their layers (C3A in `c3a_layer.py`, qGOFT/GOFT in
+`givens.py`); the PEFT-backed methods, BitFit and full fine-tuning register here.
+
 `apply_method(model, kind, head_modules, layout=..., roles=..., **options)` freezes the
-backbone, lets the method add or unfreeze its parameters, makes the head trainable and
-returns an `Adapted` that tells the trainer its parameter groups and its extra loss term.
-A method names roles (query, value, ...); the model's `Layout` turns them into module names,
-and every role must be adapted in every encoder layer, or nothing trains. The runner never
-branches on a method's name.
+backbone, lets the method build, makes the head trainable and returns an `Adapted` that tells
+the trainer its parameter groups and its extra loss term. A method names roles (query,
+value, ...); the model's `Layout` turns them into module names, and every role must be
+adapted in every encoder layer, or nothing trains. Nothing here branches on a method.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from c3a.c3a_layer import C3ALinear, share_inputs
-from c3a.givens import GivensLinear
-from c3a.modules import Layout, replace_linears
+from c3a.modules import Layout
+
+
+class Method:
+    """How one kind of method adapts a model. Subclass it, and register an instance under the
+    kind its YAML names (`@register("kind")`): that is all the harness needs."""
+
+    no_decay: tuple[str, ...] = ()  # fragments of the names of parameters kept out of weight decay
+
+    def build(self, model: nn.Module, **options: Any) -> nn.Module:
+        """Add or unfreeze the method's parameters on `model` (frozen) and return the model."""
+        raise NotImplementedError
+
+    def with_targets(self, options: dict[str, Any], targets: dict[str, str]) -> dict[str, Any]:
+        """`options` with the roles' `target_modules` (and `feedforward_modules`) regexes."""
+        return {**options, **targets}
+
+    def save(self, model: nn.Module, out_dir: Path, head_modules: Sequence[str]) -> None:
+        """Write the trained model to `out_dir`; by default the whole model (transformers'
+        `save_pretrained`, loadable with `AutoModelForSequenceClassification.from_pretrained`)."""
+        model.save_pretrained(out_dir)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(kind: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: `METHODS[kind]` is an instance of the class."""
+    def add(cls: type[Method]) -> type[Method]:
+        METHODS[kind] = cls()
+        return cls
+    return add
 
 
 @dataclass
@@ -28,6 +64,7 @@ class Adapted:
     """A model prepared for training with its parameters split the way the optimizer needs."""
 
     model: nn.Module
+    kind: str                       # the key of its Method in METHODS
     head: list[nn.Parameter]        # classification head: own learning rate, not counted
     method: list[nn.Parameter]      # what the method trains (weight decay applies)
     method_no_decay: list[nn.Parameter]
@@ -47,95 +84,62 @@ class Adapted:
         return self.reg_lambda * torch.stack(terms).sum()
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write the trained state to `out_dir` (returned) in the method's own format:
-        a PEFT adapter (PEFT methods; C3A through `export_peft`) with the head as PEFT's
-        `modules_to_save`, loadable with `PeftModel.from_pretrained(base, out_dir)`; otherwise
-        the whole model with the method merged into its weights (transformers'
-        `save_pretrained`, loadable with `AutoModelForSequenceClassification.from_pretrained`)."""
-        import copy
-
-        from peft import PeftModel
-        from peft.utils.other import set_additional_trainable_modules
-
-        from c3a.peft_export import export_peft
-
+        """Write the trained state to `out_dir` (returned) in the method's own format (its
+        `Method.save`): a PEFT adapter with the head as `modules_to_save`, loadable with
+        `PeftModel.from_pretrained(base, out_dir)`, or the whole model with the method merged
+        into its weights, loadable with `AutoModelForSequenceClassification.from_pretrained`."""
         out = Path(out_dir)
-        if isinstance(self.model, PeftModel):
-            # The head was trained in place, not through PEFT: declare it modules_to_save on a
-            # copy so that PEFT saves (and later loads) it with the adapter.
-            model = copy.deepcopy(self.model)
-            name = model.active_adapter
-            config = copy.copy(model.peft_config[name])
-            config.modules_to_save = sorted({*(config.modules_to_save or []), *self.head_modules})
-            model.peft_config[name] = config
-            set_additional_trainable_modules(model, config, model.config, name)
-            model.save_pretrained(out)
-        elif any(isinstance(m, C3ALinear) for m in self.model.modules()):
-            export_peft(self.model, out, modules_to_save=list(self.head_modules))
-        else:  # no adapter format: merge the layers that have one (Givens) into plain linears
-            model = copy.deepcopy(self.model)
-            for layer_name, layer in list(model.named_modules()):
-                if isinstance(layer, GivensLinear):
-                    layer.merge()
-                    parent, _, child = layer_name.rpartition(".")
-                    setattr(model.get_submodule(parent) if parent else model, child, layer.base_layer)
-            model.save_pretrained(out)
+        METHODS[self.kind].save(self.model, out, self.head_modules)
         return out
 
 
-def _peft(model: nn.Module, peft_config) -> nn.Module:
-    from peft import get_peft_model
+@register("peft")
+class PeftMethod(Method):
+    """Any PEFT tuner, from the PEFT config the YAML instantiates (`peft_config`)."""
 
-    return get_peft_model(model, peft_config)
+    def build(self, model: nn.Module, peft_config: Any) -> nn.Module:
+        from peft import get_peft_model
 
+        return get_peft_model(model, peft_config)
 
-def _bitfit(model: nn.Module) -> nn.Module:
-    for name, param in model.named_parameters():
-        if name.endswith(".bias") or name == "bias":
-            param.requires_grad_(True)
-    return model
+    def with_targets(self, options: dict[str, Any], targets: dict[str, str]) -> dict[str, Any]:
+        # replace() re-runs the PEFT config's own validation
+        return {**options, "peft_config": dataclasses.replace(options["peft_config"], **targets)}
 
+    def save(self, model: nn.Module, out_dir: Path, head_modules: Sequence[str]) -> None:
+        """The adapter with the head as PEFT's `modules_to_save`. The head trains in place (its
+        parameter names, and so the resume checkpoints, stay the base model's), so the adapter
+        is re-applied, with the head declared, to a copy of the trained model without it."""
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
-def _full(model: nn.Module) -> nn.Module:
-    model.requires_grad_(True)
-    return model
-
-
-def _c3a(
-    model: nn.Module,
-    target_modules: Sequence[str] | str = ("query", "value"),
-    block_size: int | None = None,
-    blocks: int | None = None,
-    init: str = "xavier_uniform",
-    reference_grad: bool = False,
-) -> nn.Module:
-    if (block_size is None) == (blocks is None):
-        raise ValueError(f"C3A needs exactly one of block_size and blocks (got {block_size=}, {blocks=}); "
-                         "set the other to null (method.block_size=P method.blocks=null)")
-
-    def wrap(linear: nn.Linear) -> C3ALinear:
-        p = block_size or linear.in_features // blocks
-        if blocks and linear.in_features % blocks:
-            raise ValueError(f"C3A blocks={blocks} does not divide the layer's input width {linear.in_features}")
-        return C3ALinear(linear, p, init=init, reference_grad=reference_grad)
-
-    replace_linears(model, target_modules, wrap)
-    share_inputs(model)  # query and value read the same hidden states: one operator call per block
-    return model
+        trained = copy.deepcopy(model)
+        config = trained.peft_config[trained.active_adapter]
+        config = dataclasses.replace(config, modules_to_save=sorted({*(config.modules_to_save or []), *head_modules}))
+        adapter = get_peft_model_state_dict(trained)
+        with torch.random.fork_rng(devices=[]):  # the fresh adapter's init is overwritten below
+            saved = get_peft_model(trained.unload(), config)
+        # the head as the copy holds it (trained), the adapter as trained
+        set_peft_model_state_dict(saved, {**get_peft_model_state_dict(saved), **adapter})
+        saved.save_pretrained(out_dir)
 
 
-def _givens(model: nn.Module, target_modules: Sequence[str] | str, variant: str = "qgoft") -> nn.Module:
-    replace_linears(model, target_modules, lambda linear: GivensLinear(linear, variant=variant))
-    return model
+@register("bitfit")
+class BitFit(Method):
+    """Every bias of the backbone (LayerNorm biases included)."""
+
+    def build(self, model: nn.Module) -> nn.Module:
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") or name == "bias":
+                param.requires_grad_(True)
+        return model
 
 
-METHODS: dict[str, Callable[..., nn.Module]] = {
-    "peft": _peft,
-    "bitfit": _bitfit,
-    "full": _full,
-    "c3a": _c3a,
-    "givens": _givens,
-}
+@register("full")
+class Full(Method):
+    """Every parameter of the backbone."""
+
+    def build(self, model: nn.Module) -> nn.Module:
+        return model.requires_grad_(True)
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -147,18 +151,14 @@ def _is_adapted(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
-def _targets(kind: str, options: dict, layout: Layout, roles: Sequence[str],
-             feedforward_roles: Sequence[str]) -> dict:
-    """The method's options with its targets built from the roles: `target_modules` (and
-    (IA)3's `feedforward_modules`) inside a PEFT config, or our methods' `target_modules`."""
+def _targets(layout: Layout, roles: Sequence[str], feedforward_roles: Sequence[str]) -> dict[str, str]:
+    """The roles' `target_modules` regex (and (IA)3's `feedforward_modules`)."""
     if not set(feedforward_roles) <= set(roles):
         raise ValueError(f"feedforward_roles {list(feedforward_roles)} must be among roles {list(roles)}")
     targets = {"target_modules": layout.pattern(roles)}
     if feedforward_roles:
         targets["feedforward_modules"] = layout.pattern(feedforward_roles)
-    if kind == "peft":  # replace() re-runs the PEFT config's own validation
-        return {**options, "peft_config": dataclasses.replace(options["peft_config"], **targets)}
-    return {**options, **targets}
+    return targets
 
 
 def apply_method(
@@ -166,16 +166,15 @@ def apply_method(
     kind: str,
     head_modules: Sequence[str] = ("classifier",),
     reg_lambda: float = 0.0,
-    no_decay: Sequence[str] = (),
     layout: Layout | None = None,
     roles: Sequence[str] = (),
     feedforward_roles: Sequence[str] = (),
-    **options,
+    **options: Any,
 ) -> Adapted:
     """Apply method `kind` (a key of METHODS) to `model` in place.
 
     `head_modules` are the qualified names of the classification head (always trained);
-    `no_decay` lists name fragments of method parameters excluded from weight decay.
+    the method's `no_decay` names its parameters excluded from weight decay.
     `roles` (with the model's `layout`) name what the method adapts; before adapting, each
     role must be one nn.Linear in every encoder layer, and after it, each of those must
     train: otherwise ValueError naming the model, the role and what was found. Methods
@@ -183,24 +182,25 @@ def apply_method(
     """
     if kind not in METHODS:
         raise ValueError(f"unknown method kind {kind!r}; allowed: {', '.join(METHODS)}")
+    method = METHODS[kind]
     if roles:
         if layout is None:
             raise ValueError(f"the method names roles {list(roles)}: apply_method needs the model's layout")
         layout.check(model, roles, _is_linear, "an nn.Linear")
-        options = _targets(kind, options, layout, roles, feedforward_roles)
+        options = method.with_targets(options, _targets(layout, roles, feedforward_roles))
     model.requires_grad_(False)
-    model = METHODS[kind](model, **options)
+    model = method.build(model, **options)
     if roles:  # PEFT skips what it cannot wrap without a word: nothing may be left out
         layout.check(model, roles, _is_adapted, "an adapted module")
 
-    head, method, method_no_decay = [], [], []
+    head, decay, no_decay = [], [], []
     for name, param in model.named_parameters():
         # PEFT wraps the model (base_model.model.<name>): match the head anywhere in the name.
         if any(f".{h}." in f".{name}" for h in head_modules):
             param.requires_grad_(True)
             head.append(param)
         elif param.requires_grad:
-            (method_no_decay if any(f in name for f in no_decay) else method).append(param)
+            (no_decay if any(f in name for f in method.no_decay) else decay).append(param)
     if not head:
         raise ValueError(f"head_modules {list(head_modules)} matched no parameter of the model")
-    return Adapted(model, head, method, method_no_decay, reg_lambda, list(head_modules))
+    return Adapted(model, kind, head, decay, no_decay, reg_lambda, list(head_modules))

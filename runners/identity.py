@@ -49,17 +49,23 @@ def _prune(node: Any, neutral: dict[str, Any], prefix: str = "") -> Any:
 
 def identity_view(conf: dict[str, Any] | DictConfig) -> dict[str, Any]:
     """The keys and values that make up a run's identity (conf/identity.yaml says which), from
-    a config or a record's stored (resolved) config. Keys left out are removed before the rest
-    is resolved, so where a machine keeps files need not even resolve."""
+    a config or a record's stored (resolved) config. Ignored keys are removed before the rest
+    is resolved, so where a machine keeps files need not even resolve; metadata after, as the
+    values a preset reads from it (model.paper_row) are part of the identity."""
     rule = identity_rule()
     if isinstance(conf, DictConfig):
         kept = OmegaConf.create(_drop(OmegaConf.to_container(conf, resolve=False), rule))
-        return _prune(OmegaConf.to_container(kept, resolve=True), rule["neutral"] or {})
-    return _prune(_drop(json.loads(json.dumps(conf)), rule), rule["neutral"] or {})
+        conf = OmegaConf.to_container(kept, resolve=True)
+    else:
+        conf = _drop(json.loads(json.dumps(conf)), rule)
+    for key in rule["metadata"]:
+        _pop(conf, key)
+    return _prune(conf, rule["neutral"] or {})
 
 
 def _drop(conf: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any]:
-    for key in [*rule["ignore"], *rule["metadata"]]:
+    """`conf` less the ignored keys and the blocks its mode does not read."""
+    for key in rule["ignore"]:
         _pop(conf, key)
     for key, modes in (rule["modes"] or {}).items():
         if conf.get("mode") not in modes:

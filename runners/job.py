@@ -41,13 +41,12 @@ def adapted_model(cfg: DictConfig, pretrained: bool | None = None) -> Adapted:
     set_seed(cfg.seed)
     layout, head_modules = model_layout(model_cfg)  # before the weights: an unknown family stops here
     model = build_model(model_cfg, cfg.task.num_labels)
-    options = OmegaConf.to_container(cfg.method, resolve=True)
-    options.pop("name")
-    if "peft_config" in options:
-        from hydra.utils import instantiate
+    from hydra.utils import instantiate
 
-        # plain lists, not ListConfig: PEFT writes its config as JSON when saving an adapter
-        options["peft_config"] = instantiate(cfg.method.peft_config, _convert_="all")
+    # nodes with a _target_ (a PEFT config) built, the rest plain lists and dicts: PEFT writes
+    # its config as JSON when saving an adapter
+    options = instantiate(cfg.method, _convert_="all")
+    options.pop("name")  # the run's label, not an option
     try:
         return apply_method(model, head_modules=head_modules, layout=layout, **options)
     except (ValueError, TypeError) as e:

@@ -59,7 +59,6 @@ def test_qgoft_paper_preset(row: dict) -> None:
     assert q.trainer.lr == float(row["lr_qgoft"]) and g.trainer.lr == float(row["lr_goft"])
     assert q.method.reg_lambda == float(row["lambda_qgoft"]) and g.method.reg_lambda == 0.0
     assert q.trainer.epochs == int(row["epochs"]) and q.trainer.batch_size == 32
-    assert q.method.no_decay == ["givens_"]
 
 
 def test_baselines_use_trainer_defaults() -> None:
@@ -134,14 +133,15 @@ def test_method_options_are_checked_only_where_the_method_has_them() -> None:
     checks.check(compose("method=lora"))  # no method.init: nothing to check
 
 
-def test_checked_method_values_are_the_implementations() -> None:
-    """The allowed values in conf/checks.yaml are the ones the adapters accept."""
-    from c3a.c3a_layer import INITS
-    from c3a.givens import VARIANTS
+def test_checked_method_values_are_what_the_layers_dispatch_on() -> None:
+    """conf/checks.yaml, the one list of allowed values, names exactly the inits and variants
+    the layers implement: one added to a layer and not to checks.yaml (or the reverse) fails."""
+    from c3a.c3a_layer import KERNEL_INITS
+    from c3a.givens import VARIANT_PARAMETERS
     from runners import checks
 
-    assert tuple(checks.rules()["method.init"]) == INITS
-    assert tuple(checks.rules()["method.variant"]) == VARIANTS
+    assert checks.rules()["method.init"] == list(KERNEL_INITS)
+    assert checks.rules()["method.variant"] == list(VARIANT_PARAMETERS)
 
 
 def test_c3a_block_size_as_the_readme_shows_it() -> None:
@@ -221,3 +221,63 @@ def test_where_minilm_is_read_from(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         minilm_path()
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert minilm_path() is None
+
+
+def test_a_method_is_its_layer_and_its_registration(tmp_path: Path) -> None:
+    """A method defined outside c3a (layer + `Method` registered under its kind) goes through
+    apply_method as ours do: its layers' regularizer is summed, its `no_decay` parameters get
+    their own group, and `Adapted.save` calls its save. No harness code names it. About 1 s."""
+    import torch
+    from torch import nn
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from c3a import METHODS, Method, apply_method, register
+    from c3a.modules import replace_linears
+
+    class Scaled(nn.Module):
+        def __init__(self, base: nn.Linear) -> None:
+            super().__init__()
+            self.base = base
+            self.scale_gain = nn.Parameter(torch.ones(base.out_features))
+            self.shift = nn.Parameter(torch.zeros(base.out_features))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.base(x) * self.scale_gain + self.shift
+
+        def regularizer(self) -> torch.Tensor:
+            return (self.scale_gain - 1).square().sum()
+
+    @register("scaled_test")
+    class ScaledMethod(Method):
+        no_decay = ("scale_gain",)
+
+        def build(self, model: nn.Module, target_modules: str) -> nn.Module:
+            replace_linears(model, target_modules, Scaled)
+            return model
+
+        def save(self, model: nn.Module, out_dir: Path, head_modules) -> None:
+            torch.save({k: v for k, v in model.state_dict().items() if ".scale_gain" in k}, out_dir)
+
+    try:
+        model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                         intermediate_size=64, vocab_size=100))
+        adapted = apply_method(model, "scaled_test", reg_lambda=0.5, target_modules=r".*\.query")
+        assert [p.shape for p in adapted.method_no_decay] == [(32,)] * 2  # scale_gain of each query
+        assert [p.shape for p in adapted.method] == [(32,)] * 2            # shift
+        with torch.no_grad():
+            adapted.method_no_decay[0].add_(2.0)
+        assert float(adapted.regularizer()) == 0.5 * 4.0 * 32
+        assert torch.load(adapted.save(tmp_path / "scaled.pt")).keys() == {
+            f"bert.encoder.layer.{i}.attention.self.query.scale_gain" for i in range(2)}
+    finally:
+        METHODS.pop("scaled_test")
+
+
+@pytest.mark.parametrize("method", ["qgoft", "goft"])
+def test_givens_parameters_stay_out_of_weight_decay(method: str) -> None:
+    """The Givens method declares its `no_decay` (decay would pull a block to zero, not to the
+    identity): every qGOFT/GOFT parameter is in the no-decay group. About 1 s."""
+    from runners.job import adapted_model
+
+    adapted = adapted_model(compose(f"method={method}", "model=minilm", "model.pretrained=false"))
+    assert adapted.method_no_decay and not adapted.method

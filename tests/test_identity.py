@@ -119,6 +119,19 @@ def test_identity_view_is_the_same_from_a_config_and_from_its_record() -> None:
     assert identity_view(cfg) == identity_view(record.resolved(cfg))
 
 
+@pytest.mark.parametrize(("overrides", "read", "value"), [
+    (("model=roberta-base", "method=c3a_b6", "task=rte"), "trainer.lr", 0.3),    # conf/paper/c3a_glue.csv
+    (("model=roberta-large", "method=vera", "task=rte"), "method.peft_config.r", 256),  # vera_glue.csv
+])
+def test_what_a_preset_reads_from_metadata_is_part_of_the_identity(overrides: tuple, read: str, value: float) -> None:
+    """model.paper_row is metadata, yet the C3A preset (trainer.*) and VeRA's rank read it: the
+    identity resolves them before leaving it out, as the run's record holds them. About 1 s."""
+    cfg = compose(*overrides)
+    view = identity_view(cfg)
+    assert identity.flatten(view)[read] == value and "model.paper_row" not in identity.flatten(view)
+    assert view == identity_view(record.resolved(cfg))
+
+
 def _old_names(folder: Path) -> list[Path]:
     """Give every record under `folder` a name from another rule (as an older harness would)."""
     olds = []
