@@ -14,6 +14,7 @@ import datasets
 import numpy as np
 import torch
 import transformers
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
@@ -41,8 +42,6 @@ def adapted_model(cfg: DictConfig, pretrained: bool | None = None) -> Adapted:
     set_seed(cfg.seed)
     layout, head_modules = model_layout(model_cfg)  # before the weights: an unknown family stops here
     model = build_model(model_cfg, cfg.task.num_labels)
-    from hydra.utils import instantiate
-
     # nodes with a _target_ (a PEFT config) built, the rest plain lists and dicts: PEFT writes
     # its config as JSON when saving an adapter
     options = instantiate(cfg.method, _convert_="all")
