@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -14,33 +13,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runners.identity import identity
+# Where a run's files live is runners.paths' alone; table_select and the tests import these from here.
+from runners.paths import CHECKPOINT_SUFFIX, MODEL_SUFFIX, fallback_path, record_name, record_path  # noqa: F401
 
-# Folders beside a record `<name>.json`: its checkpoint and its saved model (`<name>.ckpt/`, `<name>.model/`).
-CHECKPOINT_SUFFIX, MODEL_SUFFIX = ".ckpt", ".model"
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "scikit-learn", "numpy")
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
-
-
-def record_name(cfg: DictConfig | dict[str, Any]) -> str:
-    """lr<lr>-hlr<lr_head>-s<seed>-<identity>.json, from a config or a record's stored config."""
-    t = cfg["trainer"]
-    return f"lr{t['lr']:g}-hlr{t['lr_head']:g}-s{cfg['seed']}-{identity(cfg)}.json"
-
-
-def record_path(cfg: DictConfig) -> Path:
-    """results_dir/<mode>/<model>/<method>/<task>/lr<lr>-hlr<lr_head>-s<seed>-<identity>.json"""
-    return Path(cfg.results_dir) / cfg.mode / cfg.model.name / cfg.method.name / cfg.task.name / record_name(cfg)
-
-
-def fallback_path(results_dir: str | Path, overrides: list[str] | None, conf: Any) -> Path:
-    """Where the failure of a job goes when its config cannot give a record path (or fails
-    its option checks): results_dir/failed/<hash of its overrides, or of its config>.json."""
-    key = json.dumps(overrides if overrides is not None else conf, sort_keys=True, default=str)
-    return Path(results_dir) / "failed" / f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 
 
 @lru_cache

@@ -104,11 +104,12 @@ def test_a_forced_rerun_that_fails_keeps_the_finished_record(tmp_path: Path, rte
 def test_a_run_locked_by_a_live_process_is_skipped(tmp_path: Path, capsys) -> None:
     from runners import record
     from runners.job import run_job
-    from runners.lock import RunLock, lock_path
+    from runners.lock import RunLock
+    from runners.paths import RunPaths
 
     cfg = compose(f"results_dir={tmp_path / 'runs'}", *TINY)
     path = record.record_path(cfg)
-    other = RunLock(lock_path(path))
+    other = RunLock(RunPaths(path).lock)
     assert other.acquire()
     try:
         assert run_job(cfg) == {"status": "skipped", "record": str(path)}
@@ -126,7 +127,7 @@ def test_a_run_that_lost_its_lock_writes_no_record(tmp_path: Path, glue_dir: Pat
     lock.stale_after_s); whether training then ends or crashes, the run writes no record,
     finished or failed, over the new owner's path and reports one error line."""
     from runners import job, record
-    from runners.lock import lock_path
+    from runners.paths import RunPaths
 
     cfg = compose(f"results_dir={tmp_path / 'runs'}", f"data.dir={glue_dir}", f"data.cache_dir={cache_dir}", *TINY)
     path = record.record_path(cfg)
@@ -135,7 +136,7 @@ def test_a_run_that_lost_its_lock_writes_no_record(tmp_path: Path, glue_dir: Pat
 
     def taken_over(*args, **kwargs) -> dict:
         out = real_train(*args, **kwargs) if ends == "finishes" else None
-        lock_path(path).write_text(json.dumps(theirs))
+        RunPaths(path).lock.write_text(json.dumps(theirs))
         if ends == "crashes":
             raise RuntimeError("boom")
         return out
@@ -144,9 +145,9 @@ def test_a_run_that_lost_its_lock_writes_no_record(tmp_path: Path, glue_dir: Pat
     result = job.run_job(cfg)
     assert not path.exists(), f"a {read(path)['status']} record over the new owner's path"
     assert result == {"status": "lost_lock", "record": str(path)}
-    assert read(lock_path(path)) == theirs  # left to its owner
+    assert read(RunPaths(path).lock) == theirs  # left to its owner
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: lost the lock {lock_path(path)}: it is now held by elsewhere.cluster pid 1 since "
+    assert errors == [f"error: lost the lock {RunPaths(path).lock}: it is now held by elsewhere.cluster pid 1 since "
                       "earlier; this process stops and writes nothing for the run"]
 
 

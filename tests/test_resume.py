@@ -174,8 +174,8 @@ def test_kept_checkpoint_stays_and_a_forced_rerun_starts_over(tmp_path: Path, ca
     """~20 s, in process: trainer.checkpoint.keep=true leaves <record>.ckpt/ in place; force=true
     then trains from step 0 instead of continuing from it."""
     from runners import record
-    from runners.checkpoint import checkpoint_dir
     from runners.job import run_job
+    from runners.paths import RunPaths
 
     quick = [a for a in ARGS if not a.startswith(("trainer.max_steps", "data.max_eval", "trainer.save_model"))]
     args = [*quick, "trainer.max_steps=8", "data.max_eval_samples=16", "trainer.checkpoint.keep=true",
@@ -184,7 +184,7 @@ def test_kept_checkpoint_stays_and_a_forced_rerun_starts_over(tmp_path: Path, ca
     run_job(cfg)
     path = record.record_path(cfg)
     first = record.read(path)
-    assert torch.load(checkpoint_dir(path) / "state.pt", weights_only=False)["step"] == 4
+    assert torch.load(RunPaths(path).checkpoint / "state.pt", weights_only=False)["step"] == 4
     run_job(compose(*args, "force=true"))
     again = record.read(path)
     assert again["started_at"] != first["started_at"] and again["resumed_from_step"] is None
@@ -199,15 +199,15 @@ def test_a_continued_run_records_the_code_of_each_segment(run_cli, tmp_path: Pat
     trainer.checkpoint.same_code=true (one error line, a failed record, the checkpoint kept)
     and continued by default, the record listing both code segments."""
     from runners import record
-    from runners.checkpoint import checkpoint_dir
     from runners.job import run_job
+    from runners.paths import RunPaths
 
     quick = [a for a in ARGS if not a.startswith(("trainer.max_steps", "data.max_eval", "trainer.save_model"))]
     args = [*quick, "trainer.max_steps=8", "data.max_eval_samples=16", "trainer.checkpoint.keep=true"]
     cfg = compose(*args, f"results_dir={tmp_path / 'runs'}", f"data.cache_dir={cache_dir}", f"data.dir={GLUE}")
     assert run_job(cfg)["status"] == "finished"
     path = record.record_path(cfg)
-    first, state_file = record.read(path), checkpoint_dir(path) / "state.pt"
+    first, state_file = record.read(path), RunPaths(path).checkpoint / "state.pt"
     state, now = torch.load(state_file, weights_only=False), first["code_version"]
     assert state["step"] == 4 and state["code_version"] == now
     assert first["code_segments"] == [{"code_version": now, "from_step": 0}]
