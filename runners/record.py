@@ -11,12 +11,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 # Where a run's files live is runners.paths' alone; table_select and the tests import these from here.
 from runners.paths import CHECKPOINT_SUFFIX, MODEL_SUFFIX, fallback_path, record_name, record_path  # noqa: F401
 
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "scikit-learn", "numpy")
+
+
+def select(history: list[dict[str, Any]]) -> int:
+    """The index of a run's selected evaluation point: the best validation score, the first one
+    on ties."""
+    return int(np.argmax([point["validation"] for point in history]))
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:

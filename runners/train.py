@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-import numpy as np
 import torch
 from datasets import DatasetDict
 from omegaconf import DictConfig
@@ -21,6 +20,7 @@ from runners.checkpoint import Checkpoint, Progress, Resume, load_trainable, tra
 from runners.data import loader, task_test_sets
 from runners.errors import HarnessError, TrainingFailed
 from runners.lock import RunLock
+from runners.record import select
 
 LOSS_CHECK_EVERY = 20  # steps between host syncs that check the loss is finite
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # trainer.precision (conf/checks.yaml)
@@ -98,11 +98,6 @@ class Step:
         if self.schedule is not None:
             self.schedule.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-
-
-def select(history: list[dict[str, Any]]) -> int:
-    """The selected evaluation point: the best validation score, the first one on ties."""
-    return int(np.argmax([point["validation"] for point in history]))
 
 
 @torch.inference_mode()
