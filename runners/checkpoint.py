@@ -218,9 +218,11 @@ class Resume:
             yield batch
 
     def due(self, step: int) -> bool:
+        """Whether the state is saved after `step`."""
         return self.checkpoint is not None and step < self.total and any(step % n == 0 for n in self.every)
 
     def save(self, progress: Progress) -> None:
+        """Write the resume state at this step (the lock re-read first)."""
         if self.lock is not None:
             self.lock.verify()
         self.checkpoint.save({
