@@ -28,7 +28,7 @@ from runners.lock import LockLost, RunLock
 from runners.logger import make_logger
 from runners.memory import PeakMemory
 from runners.models import build_model, build_tokenizer, model_layout
-from runners.paths import RunPaths
+from runners.paths import RunPaths, fallback_path, record_path
 from runners.train import Step, autocast_dtype, train
 
 datasets.disable_progress_bars()
@@ -226,7 +226,7 @@ def _failed(cfg: DictConfig, e: Exception, path: Path | None) -> dict[str, Any]:
         conf = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException:
         conf = OmegaConf.to_container(cfg, resolve=False)
-    path = path or record.fallback_path(results_dir, record.provenance()["overrides"], conf)
+    path = path or fallback_path(results_dir, record.provenance()["overrides"], conf)
     record.write(path, {"status": "failed", "mode": OmegaConf.select(cfg, "mode"), **_identity(cfg),
                         "reason": reason, "failed_before_training": True, "config": conf,
                         "environment": record.environment(), **record.provenance(),
@@ -266,9 +266,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         if cfg.mode == "identity":  # the identity of the training run: nothing loaded, nothing written
             cfg = cfg.copy()
             cfg.mode = "train"
-            explain(cfg, record.record_path(cfg))
+            explain(cfg, record_path(cfg))
             return {"status": "finished", "record": None}
-        path = record.record_path(cfg)
+        path = record_path(cfg)
     except Exception as e:
         return _failed(cfg, e, None)
     if _finished(cfg, path):

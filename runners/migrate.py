@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from runners import record
-from runners.paths import RunPaths
+from runners.paths import RunPaths, record_name
 
-RECORD_NAME = re.compile(r"^lr.+-hlr.+-s\d+-[0-9a-f]{12}\.json$")  # record.record_name's shape
+RECORD_NAME = re.compile(r"^lr.+-hlr.+-s\d+-[0-9a-f]{12}\.json$")  # runners.paths.record_name's shape
 
 
 def renames(folder: Path) -> list[tuple[Path, Path]]:
@@ -29,7 +29,7 @@ def renames(folder: Path) -> list[tuple[Path, Path]]:
     for path in sorted(folder.rglob("*.json")):
         if not RECORD_NAME.match(path.name):  # failed/<hash of overrides>.json, tables, notes
             continue
-        new = path.with_name(record.record_name(record.read(path)["config"]))
+        new = path.with_name(record_name(record.read(path)["config"]))
         if new != path:
             moves.append((path, new))
     return moves
