@@ -11,7 +11,8 @@
    call (query and value, as the layers run them), timed per kernel. Variants run
    interleaved, round by round, so load drift on a shared machine hits all alike; median
    (and min) over rounds after warmup.
-2. Training step of RoBERTa-base (random weights, batch 8 x 128, AdamW) with C3A b=6 on
+2. Training step (the runner's, `runners.train.Step`) of RoBERTa-base (random weights, batch
+   8 x 128, AdamW) with C3A b=6 on
    query/value, applied as `run.py method=c3a_b6` does (`apply_method`: our layers, query and
    value linked by `share_inputs`), vs PEFT LoRA r=8 on query/value, classifier trained in both.
    Time: both models in one process, steps alternating (c3a, lora, c3a, ...) after a warmup
@@ -44,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from peft.tuners.c3a.utils import BlockCircularConvolution  # noqa: E402
 
 from c3a.circular import block_circular, block_circular_shared  # noqa: E402
+from runners.train import Step  # noqa: E402
 
 HIDDEN = 768
 OP_TOKENS = 16 * 128  # operator benchmark: x = 16 x 128 x 768
@@ -126,7 +128,8 @@ VARIANTS = {"c3a": "C3A b=6 (ours)", "lora": "LoRA r=8 (PEFT)"}
 
 def make_step(variant: str, device: str, layers: int, batch: int, seq: int) -> tuple[torch.nn.Module, Callable]:
     """RoBERTa-base shape (random weights, `layers` layers) with C3A b=6 (our layer) or LoRA r=8
-    (PEFT) on query/value and the classifier trained; returns (model, one AdamW step)."""
+    (PEFT) on query/value and the classifier trained; returns (model, one AdamW step: the
+    runner's `runners.train.Step`)."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     torch.manual_seed(0)
@@ -147,10 +150,10 @@ def make_step(variant: str, device: str, layers: int, batch: int, seq: int) -> t
     ids = torch.randint(0, 50265, (batch, seq), generator=gen).to(device)
     labels = torch.randint(0, 2, (batch,), generator=gen).to(device)
 
+    train_step = Step(model, opt, torch.device(device))  # the runner's training step
+
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        model(input_ids=ids, labels=labels).loss.backward()
-        opt.step()
+        train_step({"input_ids": ids, "labels": labels})
         if device == "cuda":
             torch.cuda.synchronize()
     return model, step

@@ -5,6 +5,7 @@ worker subprocess (so its memory is its own); the parent asks the workers for on
 a time, round-robin, so load from other processes on the machine hits all variants alike;
 "x LoRA" is the median over rounds of a variant's step time over LoRA's in the same round.
 The dense-R references run afterwards, one at a time (memory), with fewer steps (slow).
+A step is the runner's training step (`runners.train.Step`), with qGOFT's regularizer.
 
     python benchmarks/bench_qgoft.py [--quick]
 
@@ -56,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from c3a.givens import GivensLinear, givens_pairs, givens_regularizer  # noqa: E402
 from c3a.modules import replace_linears  # noqa: E402
+from runners.train import Step  # noqa: E402
 
 SIX = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 DEFAULT = ["lora", "qgoft", "goft", "wgrad-floor", "qgoft-denseR"]
@@ -142,6 +144,8 @@ def worker(variant: str, threads: int) -> None:
     stepped = [p for n, p in model.named_parameters()
                if p.requires_grad and (variant != "wgrad-floor" or "classifier" in n)]
     optimizer = torch.optim.AdamW(stepped, lr=1e-4)
+    regularizer = (lambda: REG_LAMBDA * givens_regularizer(model)) if variant.startswith("qgoft") else None
+    step = Step(model, optimizer, torch.device("cpu"), regularizer=regularizer)  # the runner's training step
     gen = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, 50265, (8, 128), generator=gen)
     labels = torch.randint(0, 2, (8,), generator=gen)
@@ -154,12 +158,8 @@ def worker(variant: str, threads: int) -> None:
             print(json.dumps({"peak_mib": peak, "before_mib": before, "params": method_params}), flush=True)
             return
         start = time.perf_counter()
-        loss = model(input_ids=input_ids, labels=labels).loss
-        if variant.startswith("qgoft"):
-            loss = loss + REG_LAMBDA * givens_regularizer(model)
-        loss.backward()
-        optimizer.step()
-        for p in params:
+        step({"input_ids": input_ids, "labels": labels})
+        for p in params:  # the floor's weight gradients, which no optimizer clears
             p.grad = None
         print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
 

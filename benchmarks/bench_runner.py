@@ -64,7 +64,7 @@ def worker(kind: str, method: str, steps: int, threads: int) -> dict:
     from runners.data import prepare
     from runners.job import adapted_model
     from runners.memory import PeakMemory
-    from runners.models import build_tokenizer, checkpoint_source
+    from runners.models import build_tokenizer, weights_source
 
     torch.set_num_threads(threads)
     total = WARMUP + steps
@@ -92,7 +92,7 @@ def worker(kind: str, method: str, steps: int, threads: int) -> dict:
         )
 
         set_seed(cfg.seed)
-        model = AutoModelForSequenceClassification.from_pretrained(checkpoint_source(cfg.model), num_labels=2,
+        model = AutoModelForSequenceClassification.from_pretrained(weights_source(cfg.model), num_labels=2,
                                                                    dtype=torch.float32)
         model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=8, lora_dropout=0.0,
                                                  target_modules=["query", "value"]))

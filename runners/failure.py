@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from runners import record
 from runners.errors import HarnessError
+from runners.paths import fallback_path
 
 
 def reason(e: Exception) -> str:
@@ -42,7 +43,7 @@ def report(cfg: DictConfig, e: Exception, path: Path | None) -> dict[str, Any]:
         conf = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException:
         conf = OmegaConf.to_container(cfg, resolve=False)
-    path = path or record.fallback_path(results_dir, record.provenance()["overrides"], conf)
+    path = path or fallback_path(results_dir, record.provenance()["overrides"], conf)
     record.write(path, {"status": "failed", "mode": OmegaConf.select(cfg, "mode"), **record.run_fields(cfg),
                         "reason": why, "failed_before_training": True, "config": conf,
                         "environment": record.environment(), **record.provenance(),

@@ -20,15 +20,16 @@ from transformers import set_seed
 
 from c3a.methods import Adapted, apply_method
 from runners import checks, failure, metrics, record
-from runners.checkpoint import Checkpoint, CheckpointRefused, checkpoint_dir, model_dir
+from runners.checkpoint import Checkpoint, CheckpointRefused
 from runners.data import prepare, task_test_sets
 from runners.errors import HarnessError, TrainingFailed
 from runners.identity import explain
-from runners.lock import LockLost, RunLock, lock_path
+from runners.lock import LockLost, RunLock
 from runners.logger import make_logger
 from runners.memory import PeakMemory
 from runners.models import build_model, build_tokenizer, model_layout
-from runners.train import autocast, optimizer, train
+from runners.paths import RunPaths, record_path
+from runners.train import Step, autocast_dtype, train
 
 datasets.disable_progress_bars()
 transformers.logging.set_verbosity_error()
@@ -58,9 +59,9 @@ def device_of(cfg: DictConfig) -> torch.device:
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and not torch.cuda.is_available():
         raise HarnessError("trainer.device=cuda but no CUDA device is available")
-    if cfg.trainer.precision == "fp16" and want != "cuda":  # before any data or model is loaded
-        raise HarnessError("trainer.precision=fp16 needs CUDA; use bf16 or fp32 on CPU")
-    return torch.device(want)
+    device = torch.device(want)
+    autocast_dtype(device, cfg.trainer.precision)  # the precision rules, before any data or model is loaded
+    return device
 
 
 def count(cfg: DictConfig) -> str:
@@ -69,8 +70,9 @@ def count(cfg: DictConfig) -> str:
 
 
 def memory(cfg: DictConfig, path: Path, lock: RunLock) -> str:
-    """Peak memory of a few training steps at a fixed input (random weights and tokens),
-    measured in a fresh process so earlier work in this one cannot inflate it."""
+    """Peak memory of a few training steps (the runner's step, runners.train.Step) at a fixed
+    input (random weights and tokens), measured in a fresh process so earlier work in this one
+    cannot inflate it."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
         result = pool.apply(measure_memory, (OmegaConf.to_container(cfg, resolve=True),))
@@ -89,18 +91,13 @@ def measure_memory(conf: dict) -> dict:
     peak = PeakMemory(device)
     adapted = adapted_model(cfg, pretrained=False)
     model = adapted.model.to(device).train()
-    opt = optimizer(adapted, cfg.trainer)
     m = cfg.memory
+    step = Step.of(adapted, cfg.trainer, device, m.steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     label_dtype = torch.float if cfg.task.num_labels == 1 else torch.long
     for _ in range(m.steps):
         ids = torch.randint(3, model.config.vocab_size, (m.batch_size, m.seq_len), generator=gen)
-        labels = torch.zeros(m.batch_size, dtype=label_dtype)
-        with autocast(device, cfg.trainer.precision):
-            loss = model(input_ids=ids.to(device), labels=labels.to(device)).loss + adapted.regularizer()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step({"input_ids": ids, "labels": torch.zeros(m.batch_size, dtype=label_dtype)})
     return {**peak.read(), "device": str(device), "trainable_params": adapted.trainable_params,
             "batch_size": m.batch_size, "seq_len": m.seq_len}
 
@@ -130,14 +127,15 @@ def fit(cfg: DictConfig, path: Path, lock: RunLock) -> str:
     logger = make_logger(cfg, rec)
     crash, lost, refused = None, None, False
     c = cfg.trainer.checkpoint
-    ckpt = Checkpoint(checkpoint_dir(path), keep=c.keep, started=start, same_code=c.same_code) if c.enabled else None
+    paths = RunPaths(path)
+    ckpt = Checkpoint(paths.checkpoint, keep=c.keep, started=start, same_code=c.same_code) if c.enabled else None
     if ckpt is not None and record.finished(path):  # force=true: a kept checkpoint must not shortcut the re-run
         ckpt.clear()
     try:
         rec.update(train(adapted, data, tokenizer, cfg, device, log=logger.log, ckpt=ckpt, lock=lock))
         if cfg.trainer.save_model:  # train() left the model at the selected point
             lock.verify()
-            rec["saved_model"] = str(adapted.save(model_dir(path)))
+            rec["saved_model"] = str(adapted.save(paths.model))
         rec["status"] = "finished"
     except LockLost as e:
         lost = e
@@ -214,14 +212,14 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         if cfg.mode == "identity":  # the identity of the training run: nothing loaded, nothing written
             cfg = cfg.copy()
             cfg.mode = "train"
-            explain(cfg, record.record_path(cfg))
+            explain(cfg, record_path(cfg))
             return {"status": "finished", "record": None}
-        path = record.record_path(cfg)
+        path = record_path(cfg)
     except Exception as e:
         return failure.report(cfg, e, None)
     if _finished(cfg, path):
         return {"status": "skipped", "record": str(path)}
-    lock = RunLock(lock_path(path), cfg.lock.stale_after_s, cfg.lock.refresh_s)
+    lock = RunLock(RunPaths(path).lock, cfg.lock.stale_after_s, cfg.lock.refresh_s)
     if not lock.acquire():
         print(f"skipped: another process is running this configuration ({lock.holder()}; {lock.path})")
         print(f"record: {path}")

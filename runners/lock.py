@@ -1,4 +1,5 @@
-"""One run, one worker: a lock file next to the record, safe on shared (NFS-like) filesystems.
+"""One run, one worker: a lock file next to the record (`RunPaths.lock`), safe on shared (NFS-like)
+filesystems.
 
 `flock` is unreliable on many cluster filesystems, so the lock is a plain file created with
 O_CREAT|O_EXCL (atomic on local filesystems and NFSv3+) that names its owner. The owner
@@ -25,10 +26,6 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-
-def lock_path(record_path: Path) -> Path:
-    return record_path.with_name(record_path.name + ".lock")
 
 
 class LockLost(Exception):

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from runners import record
+from runners.paths import RunPaths, record_name
 
-RECORD_NAME = re.compile(r"^lr.+-hlr.+-s\d+-[0-9a-f]{12}\.json$")  # record.record_name's shape
+RECORD_NAME = re.compile(r"^lr.+-hlr.+-s\d+-[0-9a-f]{12}\.json$")  # runners.paths.record_name's shape
 
 
 def renames(folder: Path) -> list[tuple[Path, Path]]:
@@ -28,7 +29,7 @@ def renames(folder: Path) -> list[tuple[Path, Path]]:
     for path in sorted(folder.rglob("*.json")):
         if not RECORD_NAME.match(path.name):  # failed/<hash of overrides>.json, tables, notes
             continue
-        new = path.with_name(record.record_name(record.read(path)["config"]))
+        new = path.with_name(record_name(record.read(path)["config"]))
         if new != path:
             moves.append((path, new))
     return moves
@@ -51,12 +52,13 @@ def move(old: Path, new: Path) -> None:
     """The checkpoint and saved model first, the record last: interrupted, a second run finishes it."""
     if new.exists():  # a chain (a record renamed onto another's old name): never overwrite
         raise FileExistsError(f"{new} exists; run migrate again once the rest is renamed")
-    for suffix in (record.CHECKPOINT_SUFFIX, record.MODEL_SUFFIX):
-        if old.with_suffix(suffix).exists():
-            old.with_suffix(suffix).rename(new.with_suffix(suffix))
+    was, becomes = RunPaths(old), RunPaths(new)
+    for before, after in ((was.checkpoint, becomes.checkpoint), (was.model, becomes.model)):
+        if before.exists():
+            before.rename(after)
     rec: dict[str, Any] = record.read(old)
-    if rec.get("saved_model") == str(old.with_suffix(record.MODEL_SUFFIX)):
-        rec["saved_model"] = str(new.with_suffix(record.MODEL_SUFFIX))
+    if rec.get("saved_model") == str(was.model):
+        rec["saved_model"] = str(becomes.model)
         record.write(new, rec)
         old.unlink()
     else:  # the bytes stay as written

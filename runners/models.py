@@ -20,35 +20,35 @@ from runners.errors import HarnessError
 FAMILY_DIR = Path(__file__).resolve().parents[1] / "conf" / "family"
 
 
-def checkpoint_source(model_cfg: DictConfig) -> str:
-    """Where the checkpoint named by `name_or_path` is read from: `local_dir` when set (a
+def weights_source(model_cfg: DictConfig) -> str:
+    """Where the pretrained weights named by `name_or_path` are read from: `local_dir` when set (a
     copy on this machine; not part of a run's identity, so runs on machines that keep the
     copy in different places are the same runs), else `name_or_path` itself (hub id or path)."""
     return model_cfg.get("local_dir") or model_cfg.name_or_path
 
 
 def _unreadable(what: str, model_cfg: DictConfig, e: Exception) -> HarnessError:
-    source = checkpoint_source(model_cfg)
+    source = weights_source(model_cfg)
     where = "" if source == model_cfg.name_or_path else f" from {source!r}"
     return HarnessError(f"cannot {what} {model_cfg.name_or_path!r}{where}: {str(e).splitlines()[0]}")
 
 
 def build_model(model_cfg: DictConfig, num_labels: int) -> PreTrainedModel:
-    """Pretrained weights from the checkpoint (`checkpoint_source`), or random weights from the config when
+    """Pretrained weights (`weights_source`), or random weights from the config when
     `pretrained=false` (from the yaml's `config` values if given: no download).
     `model.attn_implementation` (optional): e.g. eager, sdpa; unset = transformers' default."""
     attn = model_cfg.get("attn_implementation")
     kwargs = {"attn_implementation": attn} if attn else {}
     try:
         if model_cfg.pretrained:
-            # float32 whatever the checkpoint's dtype (transformers would keep a float16 one's)
+            # float32 whatever the weights' dtype (transformers would keep a float16 one's)
             return AutoModelForSequenceClassification.from_pretrained(
-                checkpoint_source(model_cfg), num_labels=num_labels, dtype=torch.float32, **kwargs)
+                weights_source(model_cfg), num_labels=num_labels, dtype=torch.float32, **kwargs)
         if model_cfg.get("config"):
             values = OmegaConf.to_container(model_cfg.config)
             config = AutoConfig.for_model(**values, num_labels=num_labels)
         else:
-            config = AutoConfig.from_pretrained(checkpoint_source(model_cfg), num_labels=num_labels)
+            config = AutoConfig.from_pretrained(weights_source(model_cfg), num_labels=num_labels)
         return AutoModelForSequenceClassification.from_config(config, **kwargs)
     except (OSError, ValueError) as e:  # ValueError: e.g. an attn_implementation the model lacks (DeBERTa: sdpa)
         raise _unreadable("load model", model_cfg, e) from e
@@ -56,18 +56,18 @@ def build_model(model_cfg: DictConfig, num_labels: int) -> PreTrainedModel:
 
 def build_tokenizer(model_cfg: DictConfig):
     try:
-        return AutoTokenizer.from_pretrained(checkpoint_source(model_cfg))
+        return AutoTokenizer.from_pretrained(weights_source(model_cfg))
     except OSError as e:
         raise _unreadable("load tokenizer", model_cfg, e) from e
 
 
-def checkpoint_config(model_cfg: DictConfig) -> PretrainedConfig:
+def pretrained_config(model_cfg: DictConfig) -> PretrainedConfig:
     """The model's transformers config without its weights: the yaml's `config` values, or
-    the checkpoint's config.json."""
+    the pretrained model's config.json."""
     try:
         if model_cfg.get("config"):
             return AutoConfig.for_model(**OmegaConf.to_container(model_cfg.config))
-        return AutoConfig.from_pretrained(checkpoint_source(model_cfg))
+        return AutoConfig.from_pretrained(weights_source(model_cfg))
     except (OSError, ValueError) as e:
         raise _unreadable("read the config of model", model_cfg, e) from e
 
@@ -79,7 +79,7 @@ def family_of(model_cfg: DictConfig, model_type: str) -> DictConfig:
         family = model_cfg.family
         if model_type not in family.model_types:
             raise HarnessError(f"model {model_cfg.name}: family {family.name} serves model types "
-                               f"{list(family.model_types)}, the checkpoint's model_type is {model_type!r}")
+                               f"{list(family.model_types)}, the pretrained model's model_type is {model_type!r}")
         return family
     families = [OmegaConf.load(path) for path in sorted(FAMILY_DIR.glob("*.yaml"))]
     for family in families:
@@ -93,7 +93,7 @@ def family_of(model_cfg: DictConfig, model_type: str) -> DictConfig:
 def model_layout(model_cfg: DictConfig) -> tuple[Layout, list[str]]:
     """Where the model keeps each role's linear (its family's names, its layer count) and
     its head modules (the model yaml's, else the family's)."""
-    config = checkpoint_config(model_cfg)
+    config = pretrained_config(model_cfg)
     family = family_of(model_cfg, config.model_type)
     layout = Layout(
         model=model_cfg.name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -12,16 +11,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from runners.identity import identity
-
-# Folders beside a record `<name>.json`: its checkpoint and its saved model (`<name>.ckpt/`, `<name>.model/`).
-CHECKPOINT_SUFFIX, MODEL_SUFFIX = ".ckpt", ".model"
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "scikit-learn", "numpy")
 # A record's top-level fields naming its run (what the tables and the pilot group by): field -> config key
 RUN_FIELDS = {"model": "model.name", "method": "method.name", "task": "task.name", "seed": "seed",
               "lr": "trainer.lr", "lr_head": "trainer.lr_head", "protocol": "protocol.name"}
+
+
+def select(history: list[dict[str, Any]]) -> int:
+    """The index of a run's selected evaluation point: the best validation score, the first one
+    on ties."""
+    return int(np.argmax([point["validation"] for point in history]))
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -31,24 +33,6 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
 def run_fields(cfg: DictConfig) -> dict[str, Any]:
     """The record's top-level fields (RUN_FIELDS); as much of them as resolves for a config that fails."""
     return {k: OmegaConf.select(cfg, key, throw_on_resolution_failure=False) for k, key in RUN_FIELDS.items()}
-
-
-def record_name(cfg: DictConfig | dict[str, Any]) -> str:
-    """lr<lr>-hlr<lr_head>-s<seed>-<identity>.json, from a config or a record's stored config."""
-    t = cfg["trainer"]
-    return f"lr{t['lr']:g}-hlr{t['lr_head']:g}-s{cfg['seed']}-{identity(cfg)}.json"
-
-
-def record_path(cfg: DictConfig) -> Path:
-    """results_dir/<mode>/<model>/<method>/<task>/lr<lr>-hlr<lr_head>-s<seed>-<identity>.json"""
-    return Path(cfg.results_dir) / cfg.mode / cfg.model.name / cfg.method.name / cfg.task.name / record_name(cfg)
-
-
-def fallback_path(results_dir: str | Path, overrides: list[str] | None, conf: Any) -> Path:
-    """Where the failure of a job goes when its config cannot give a record path (or fails
-    its option checks): results_dir/failed/<hash of its overrides, or of its config>.json."""
-    key = json.dumps(overrides if overrides is not None else conf, sort_keys=True, default=str)
-    return Path(results_dir) / "failed" / f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 
 
 @lru_cache

@@ -4,9 +4,10 @@ metric on validation and every test set, selection of the best validation point.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
-import numpy as np
 import torch
 from datasets import DatasetDict
 from omegaconf import DictConfig
@@ -15,12 +16,27 @@ from transformers import get_linear_schedule_with_warmup
 
 from c3a.methods import Adapted
 from runners import metrics
-from runners.checkpoint import Checkpoint, load_trainable, rng_state, set_rng_state, trainable_state
+from runners.checkpoint import Checkpoint, Progress, Resume, load_trainable, trainable_state
 from runners.data import loader, task_test_sets
 from runners.errors import HarnessError, TrainingFailed
 from runners.lock import RunLock
+from runners.record import select
 
 LOSS_CHECK_EVERY = 20  # steps between host syncs that check the loss is finite
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # trainer.precision (conf/checks.yaml)
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The precision rules: the dtype the forward pass runs in under `trainer.precision` (None:
+    fp32, no autocast). fp16 needs CUDA: its gradient scaler runs there only."""
+    if precision == "fp16" and device.type != "cuda":
+        raise HarnessError("trainer.precision=fp16 needs CUDA; use bf16 or fp32 on CPU")
+    return AUTOCAST[precision]
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    dtype = autocast_dtype(device, precision)
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def optimizer(adapted: Adapted, t: DictConfig) -> torch.optim.AdamW:
@@ -32,15 +48,56 @@ def optimizer(adapted: Adapted, t: DictConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW([g for g in groups if g["params"]])
 
 
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise HarnessError(f"trainer.precision={precision!r}; allowed: fp32, bf16, fp16")
-    if precision == "fp16" and device.type != "cuda":
-        raise HarnessError("trainer.precision=fp16 needs CUDA; use bf16 or fp32 on CPU")
-    return torch.autocast(device.type, dtype=dtypes[precision])
+class Step:
+    """One training step, the same wherever a step is taken (training, `mode=memory`, the
+    benchmarks that time a step): the forward pass under the precision's autocast plus the
+    method's regularizer, the backward pass through the gradient scaler (active for fp16),
+    optional gradient clipping, the optimizer, scaler and schedule steps, then zero_grad."""
+
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, device: torch.device,
+                 precision: str = "fp32", regularizer: Callable[[], torch.Tensor | float] | None = None,
+                 schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+                 max_grad_norm: float | None = None) -> None:
+        self.model, self.optimizer, self.device, self.precision = model, opt, device, precision
+        self.regularizer, self.schedule, self.max_grad_norm = regularizer, schedule, max_grad_norm
+        self.scaler = torch.amp.GradScaler(enabled=precision == "fp16")
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+
+    @classmethod
+    def of(cls, adapted: Adapted, t: DictConfig, device: torch.device, total: int) -> Step:
+        """The runner's step for `adapted` under `trainer` options `t`: AdamW with the method and
+        head groups, linear schedule over `total` steps after `t.warmup_ratio` of them."""
+        opt = optimizer(adapted, t)
+        schedule = get_linear_schedule_with_warmup(opt, math.ceil(t.warmup_ratio * total), total)
+        return cls(adapted.model, opt, device, t.precision, adapted.regularizer, schedule, t.max_grad_norm)
+
+    def __call__(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Train on `batch` (moved to the device); returns its detached loss."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with autocast(self.device, self.precision):
+            loss = self.model(**batch).loss
+            if self.regularizer is not None:
+                loss = loss + self.regularizer()
+        self.scaler.scale(loss).backward()
+        if self.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.schedule is not None:
+            self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        schedule = self.schedule.state_dict() if self.schedule is not None else None
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": schedule, "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
 
 
 @torch.inference_mode()
@@ -64,8 +121,8 @@ def train(
     """Train and evaluate; returns {"history": [...], "selected": {...}}.
 
     With `ckpt`, the state is saved at every evaluation point (and every
-    `trainer.checkpoint.every_steps`) and a saved state is continued from, exactly. With
-    `trainer.save_model`, the model is left at the selected point's trained state. With
+    `trainer.checkpoint.every_steps`) and a saved state is continued from, exactly (runners.checkpoint.Resume).
+    With `trainer.save_model`, the model is left at the selected point's trained state. With
     `lock`, training stops (LockLost) as soon as the run's lock is no longer this process's,
     and no checkpoint is saved without re-reading it.
     """
@@ -81,89 +138,44 @@ def train(
     }
     total = t.max_steps or t.epochs * len(train_dl)
     eval_every = t.eval_every_steps or len(train_dl)
-    opt = optimizer(adapted, t)
-    sched = get_linear_schedule_with_warmup(opt, math.ceil(t.warmup_ratio * total), total)
-    scaler = torch.amp.GradScaler(enabled=t.precision == "fp16")
-    params = [p for g in opt.param_groups for p in g["params"]]
-
-    history: list[dict] = []
-    step, running, since = 0, torch.zeros((), device=device), 0
-    kept = None  # {"step", "params"}: the best validation point so far, when the model is to be saved
-    order = train_dl.sampler.generator  # RandomSampler and LengthGroupedSampler draw each epoch's order from it
-    resume = ckpt.load() if ckpt is not None else None
-    ckpt_every = t.checkpoint.every_steps or eval_every
-    if resume is not None:
-        load_trainable(model, resume["params"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        step, since, history, kept = resume["step"], resume["since"], resume["history"], resume["kept"]
-        running = resume["running"].to(device)
-    bar = tqdm(total=total, initial=step, disable=not t.progress, desc=f"{cfg.method.name}/{cfg.task.name}")
-    while step < total:
-        if resume is not None:
-            order.set_state(resume["epoch_order"])
-        epoch_order, batches, done = order.get_state(), iter(train_dl), 0
-        if resume is not None:  # the same epoch order, its consumed batches drawn but not trained on
-            for _ in range(resume["batches_done"]):
-                next(batches)
-            done = resume["batches_done"]
-            set_rng_state(resume["rng"])  # last: drawing the order above may consume the global RNG
-            resume = None
-        for batch in batches:
+    step = Step.of(adapted, t, device, total)
+    run = Progress(running=torch.zeros((), device=device))
+    resume = Resume(ckpt, model, step, total, (eval_every, t.checkpoint.every_steps or eval_every), lock)
+    resume.restore(run)
+    bar = tqdm(total=total, initial=run.step, disable=not t.progress, desc=f"{cfg.method.name}/{cfg.task.name}")
+    while run.step < total:
+        for batch in resume.epoch(train_dl):
             if lock is not None:
                 lock.check()
-            done += 1
-            batch = batch.to(device)
-            with autocast(device, t.precision):
-                loss = model(**batch).loss + adapted.regularizer()
-            scaler.scale(loss).backward()
-            if t.max_grad_norm:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step, since = step + 1, since + 1
-            running += loss.detach().float()
+            run.add(step(batch))
             bar.update()
-            if step % LOSS_CHECK_EVERY == 0 or step % eval_every == 0 or step == total:
-                mean = running.item() / since
+            at_point = run.step % eval_every == 0 or run.step == total
+            if run.step % LOSS_CHECK_EVERY == 0 or at_point:
+                mean = run.mean_loss()
                 if not math.isfinite(mean):
-                    raise TrainingFailed(f"non-finite training loss ({mean}) by step {step}")
+                    raise TrainingFailed(f"non-finite training loss ({mean}) by step {run.step}")
                 bar.set_postfix(loss=f"{mean:.4f}")
-            if step % eval_every == 0 or step == total:
+            if at_point:
                 scores = {split: evaluate(model, dl, list(cfg.task.metrics), device, t.precision)
                           for split, dl in evals.items()}
                 point = {
-                    "epoch": round(step / len(train_dl), 3),
-                    "step": step,
-                    "train_loss": running.item() / since,
+                    "epoch": round(run.step / len(train_dl), 3),
+                    "step": run.step,
+                    "train_loss": run.mean_loss(),
                     "validation": scores["validation"][metric],  # headline floats: what tables select on
                     "test": scores[first_test][metric],
                     "metrics": scores,  # {set: {metric: value}} for every set and metric
                 }
-                running, since = torch.zeros((), device=device), 0
-                history.append(point)
+                run.evaluated(point)
                 if log is not None:
                     log(point)
-                if t.save_model and int(np.argmax([h["validation"] for h in history])) == len(history) - 1:
-                    kept = {"step": step, "params": trainable_state(model)}  # same rule as the selection below
-            # At evaluation points (and every checkpoint.every_steps); the final step is followed by the record.
-            if ckpt is not None and step < total and (step % eval_every == 0 or step % ckpt_every == 0):
-                if lock is not None:
-                    lock.verify()
-                ckpt.save({
-                    "step": step, "history": history, "kept": kept, "params": trainable_state(model),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": rng_state(), "epoch_order": epoch_order,
-                    "batches_done": done, "running": running.cpu(), "since": since,
-                })
-            if step == total:
+                if t.save_model and select(run.history) == len(run.history) - 1:
+                    run.kept = {"step": run.step, "params": trainable_state(model)}
+            if resume.due(run.step):
+                resume.save(run)
+            if run.step == total:
                 break
     bar.close()
-    if kept is not None:
-        load_trainable(model, kept["params"])
-    best = int(np.argmax([h["validation"] for h in history]))  # first best on ties
-    return {"history": history, "selected": history[best]}
+    if run.kept is not None:
+        load_trainable(model, run.kept["params"])
+    return {"history": run.history, "selected": run.history[select(run.history)]}

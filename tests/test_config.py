@@ -160,13 +160,13 @@ def test_c3a_block_size_as_the_readme_shows_it() -> None:
 def test_where_a_machine_keeps_the_checkpoint_is_not_part_of_the_run(tmp_path: Path) -> None:
     """model.local_dir: the same checkpoint read from another place is the same run (a sweep
     resumed on a machine with the package installed elsewhere skips what is done), and it is
-    read from there; the checkpoint's name is part of the run."""
+    read from there; the weights' name is part of the run."""
     import json
 
     from runners.config import minilm_path
     from runners.errors import HarnessError
-    from runners.models import build_tokenizer, checkpoint_config, checkpoint_source
-    from runners.record import record_path
+    from runners.models import build_tokenizer, pretrained_config, weights_source
+    from runners.paths import record_path
 
     base = ["model=minilm", "method=lora", "task=rte", "results_dir=runs"]
     here = compose(*base)
@@ -179,13 +179,13 @@ def test_where_a_machine_keeps_the_checkpoint_is_not_part_of_the_run(tmp_path: P
     assert record_path(there) == record_path(here)
     assert record_path(compose(*base, "model.name_or_path=someone/other-minilm")) != record_path(here)
 
-    assert checkpoint_config(there.model).hidden_dropout_prob == 0.123     # read from the copy
-    assert checkpoint_config(here.model).hidden_dropout_prob == 0.1
+    assert pretrained_config(there.model).hidden_dropout_prob == 0.123     # read from the copy
+    assert pretrained_config(here.model).hidden_dropout_prob == 0.1
     assert build_tokenizer(there.model).name_or_path == str(copy)
     gone = compose(*base, f"model.local_dir={tmp_path / 'gone'}").model
     with pytest.raises(HarnessError, match=f"config of model '{gone.name_or_path}' from '{gone.local_dir}'"):
-        checkpoint_config(gone)
-    assert checkpoint_source(compose(*base, "model.local_dir=null").model) == "sentence-transformers/all-MiniLM-L6-v2"
+        pretrained_config(gone)
+    assert weights_source(compose(*base, "model.local_dir=null").model) == "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def test_a_half_precision_checkpoint_trains_in_float32(tmp_path: Path) -> None:

@@ -57,12 +57,12 @@ def test_a_config_that_does_not_resolve_is_recorded_under_the_fallback_path(tmp_
 
 
 def test_a_data_error_is_recorded_at_the_record_path(tmp_path: Path, rte_only: Path, capsys) -> None:
-    from runners import record
+    from runners import paths
     from runners.job import run_job
 
     cfg = compose("task=mrpc", f"data.dir={rte_only}", f"results_dir={tmp_path / 'runs'}", *TINY)
     result = run_job(cfg)
-    path = record.record_path(cfg)
+    path = paths.record_path(cfg)
     assert result == {"status": "failed", "record": str(path)}
     rec = read(path)
     assert rec["status"] == "failed" and rec["reason"].startswith(f"GLUE file not found: {rte_only}/MRPC/")
@@ -90,11 +90,11 @@ def test_fp16_on_cpu_fails_before_the_data(tmp_path: Path) -> None:
 
 
 def test_a_forced_rerun_that_fails_keeps_the_finished_record(tmp_path: Path, rte_only: Path) -> None:
-    from runners import record
+    from runners import paths, record
     from runners.job import run_job
 
     cfg = compose("task=mrpc", "force=true", f"data.dir={rte_only}", f"results_dir={tmp_path / 'runs'}", *TINY)
-    path = record.record_path(cfg)
+    path = paths.record_path(cfg)
     record.write(path, {"status": "finished", "history": []})
     result = run_job(cfg)
     assert result["status"] == "failed" and Path(result["record"]).parent == tmp_path / "runs" / "failed"
@@ -102,13 +102,14 @@ def test_a_forced_rerun_that_fails_keeps_the_finished_record(tmp_path: Path, rte
 
 
 def test_a_run_locked_by_a_live_process_is_skipped(tmp_path: Path, capsys) -> None:
-    from runners import record
+    from runners import paths
     from runners.job import run_job
-    from runners.lock import RunLock, lock_path
+    from runners.lock import RunLock
+    from runners.paths import RunPaths
 
     cfg = compose(f"results_dir={tmp_path / 'runs'}", *TINY)
-    path = record.record_path(cfg)
-    other = RunLock(lock_path(path))
+    path = paths.record_path(cfg)
+    other = RunLock(RunPaths(path).lock)
     assert other.acquire()
     try:
         assert run_job(cfg) == {"status": "skipped", "record": str(path)}
@@ -125,17 +126,17 @@ def test_a_run_that_lost_its_lock_writes_no_record(tmp_path: Path, glue_dir: Pat
     """~5 s each: the lock is taken over while the run trains (as after a suspension past
     lock.stale_after_s); whether training then ends or crashes, the run writes no record,
     finished or failed, over the new owner's path and reports one error line."""
-    from runners import job, record
-    from runners.lock import lock_path
+    from runners import job, paths
+    from runners.paths import RunPaths
 
     cfg = compose(f"results_dir={tmp_path / 'runs'}", f"data.dir={glue_dir}", f"data.cache_dir={cache_dir}", *TINY)
-    path = record.record_path(cfg)
+    path = paths.record_path(cfg)
     theirs = {"host": "elsewhere.cluster", "pid": 1, "token": "theirs", "since": "earlier"}
     real_train = job.train
 
     def taken_over(*args, **kwargs) -> dict:
         out = real_train(*args, **kwargs) if ends == "finishes" else None
-        lock_path(path).write_text(json.dumps(theirs))
+        RunPaths(path).lock.write_text(json.dumps(theirs))
         if ends == "crashes":
             raise RuntimeError("boom")
         return out
@@ -144,9 +145,9 @@ def test_a_run_that_lost_its_lock_writes_no_record(tmp_path: Path, glue_dir: Pat
     result = job.run_job(cfg)
     assert not path.exists(), f"a {read(path)['status']} record over the new owner's path"
     assert result == {"status": "lost_lock", "record": str(path)}
-    assert read(lock_path(path)) == theirs  # left to its owner
+    assert read(RunPaths(path).lock) == theirs  # left to its owner
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: lost the lock {lock_path(path)}: it is now held by elsewhere.cluster pid 1 since "
+    assert errors == [f"error: lost the lock {RunPaths(path).lock}: it is now held by elsewhere.cluster pid 1 since "
                       "earlier; this process stops and writes nothing for the run"]
 
 

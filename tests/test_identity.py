@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, compose, last_line
-from runners import identity, migrate, record
+from runners import identity, migrate, paths, record
 from runners.analysis import select
 from runners.identity import identity_view
 
@@ -51,8 +51,8 @@ def test_every_committed_record_is_found_by_its_relaunch() -> None:
             cfg = hydra_compose("config", overrides=list(command))
             for path, rec in runs:
                 cfg.seed = rec["seed"]
-                if record.record_path(cfg) != path:
-                    lost.append(f"{path.relative_to(ROOT)} -> {record.record_path(cfg).name}")
+                if paths.record_path(cfg) != path:
+                    lost.append(f"{path.relative_to(ROOT)} -> {paths.record_path(cfg).name}")
     assert not lost, f"{len(lost)} records not found by their relaunch, e.g. {lost[:3]}"
 
 
@@ -67,7 +67,7 @@ def test_every_committed_record_is_found_by_its_relaunch() -> None:
     "trainer.num_threads=1", "trainer.checkpoint.every_steps=5", "model.local_dir=/elsewhere", "lock.refresh_s=1",
 ])
 def test_what_leaves_the_identity_unchanged(change: str) -> None:
-    assert record.record_path(compose(*BASE, change)) == record.record_path(compose(*BASE))
+    assert paths.record_path(compose(*BASE, change)) == paths.record_path(compose(*BASE))
 
 
 @pytest.mark.parametrize("change", [
@@ -152,9 +152,9 @@ def test_migrate_renames_once_and_the_tables_stay_byte_identical(tmp_path: Path,
     shutil.copytree(COMMITTED[0], runs)
     olds = _old_names(runs)
     rec = record.read(olds[0])
-    model = olds[0].with_suffix(record.MODEL_SUFFIX)
+    model = olds[0].with_suffix(paths.MODEL_SUFFIX)
     (model / "adapter").mkdir(parents=True)
-    olds[0].with_suffix(record.CHECKPOINT_SUFFIX).mkdir()
+    olds[0].with_suffix(paths.CHECKPOINT_SUFFIX).mkdir()
     olds[0].write_text(json.dumps({**rec, "saved_model": str(model)}))
 
     def tables(out: Path) -> dict[str, bytes]:
@@ -167,9 +167,9 @@ def test_migrate_renames_once_and_the_tables_stay_byte_identical(tmp_path: Path,
     assert migrate.main([str(runs)]) == 0
     assert f"{len(olds)} renamed" in capsys.readouterr().out
     assert tables(tmp_path / "after") == before
-    new = runs / olds[0].relative_to(runs).parent / record.record_name(rec["config"])
-    assert record.read(new)["saved_model"] == str(new.with_suffix(record.MODEL_SUFFIX))
-    assert (new.with_suffix(record.MODEL_SUFFIX) / "adapter").is_dir() and new.with_suffix(".ckpt").is_dir()
+    new = runs / olds[0].relative_to(runs).parent / paths.record_name(rec["config"])
+    assert record.read(new)["saved_model"] == str(new.with_suffix(paths.MODEL_SUFFIX))
+    assert (new.with_suffix(paths.MODEL_SUFFIX) / "adapter").is_dir() and new.with_suffix(".ckpt").is_dir()
     assert not any(p.exists() for p in olds)
     assert migrate.main([str(runs)]) == 0
     assert "0 renamed" in capsys.readouterr().out
@@ -186,7 +186,7 @@ def test_migrate_stops_on_two_records_of_one_identity(tmp_path: Path, capsys) ->
     assert migrate.main([str(runs)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
-    assert a.name in err and b.name in err and record.record_name(record.read(src)["config"]) in err
+    assert a.name in err and b.name in err and paths.record_name(record.read(src)["config"]) in err
     assert a.is_file() and b.is_file()  # nothing renamed
 
 

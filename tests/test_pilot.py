@@ -94,7 +94,7 @@ def test_copy_chosen_copies_only_the_chosen_settings_records(tmp_path: Path, cap
 def test_the_minilm_pilot_runs_are_the_tables_own_runs() -> None:
     """What --copy-chosen relies on: a pilot cell and the same cell of minilm_glue are one config."""
     from conftest import compose
-    from runners.record import record_path
+    from runners.paths import record_path
 
     cell = ("model=minilm", "task=mrpc", "seed=0", "method=ia3", "trainer.lr=0.01", "results_dir=x")
     assert record_path(compose("+plan=minilm_glue_lr", *cell)) == record_path(compose("+plan=minilm_glue", *cell))

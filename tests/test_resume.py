@@ -117,7 +117,7 @@ def test_saved_model_reproduces_the_selected_point(tmp_path: Path, cache_dir: Pa
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from runners import record
+    from runners import paths, record
     from runners.job import run_job
     from runners.models import build_model
 
@@ -126,7 +126,7 @@ def test_saved_model_reproduces_the_selected_point(tmp_path: Path, cache_dir: Pa
                   f"results_dir={tmp_path}",
                   f"data.cache_dir={cache_dir}", f"data.dir={GLUE}")
     ok = run_job(cfg)["status"] == "finished"
-    rec = record.read(record.record_path(cfg))
+    rec = record.read(paths.record_path(cfg))
     assert ok and rec["saved_model"]
     selected = rec["selected"]
     assert selected["step"] != rec["history"][-1]["step"], "the test needs a best point before the last"
@@ -173,18 +173,18 @@ def test_every_method_saves_a_model_that_loads_back(tmp_path: Path, method: str)
 def test_kept_checkpoint_stays_and_a_forced_rerun_starts_over(tmp_path: Path, cache_dir: Path) -> None:
     """~20 s, in process: trainer.checkpoint.keep=true leaves <record>.ckpt/ in place; force=true
     then trains from step 0 instead of continuing from it."""
-    from runners import record
-    from runners.checkpoint import checkpoint_dir
+    from runners import paths, record
     from runners.job import run_job
+    from runners.paths import RunPaths
 
     quick = [a for a in ARGS if not a.startswith(("trainer.max_steps", "data.max_eval", "trainer.save_model"))]
     args = [*quick, "trainer.max_steps=8", "data.max_eval_samples=16", "trainer.checkpoint.keep=true",
             f"results_dir={tmp_path}", f"data.cache_dir={cache_dir}", f"data.dir={GLUE}"]
     cfg = compose(*args)
     run_job(cfg)
-    path = record.record_path(cfg)
+    path = paths.record_path(cfg)
     first = record.read(path)
-    assert torch.load(checkpoint_dir(path) / "state.pt", weights_only=False)["step"] == 4
+    assert torch.load(RunPaths(path).checkpoint / "state.pt", weights_only=False)["step"] == 4
     run_job(compose(*args, "force=true"))
     again = record.read(path)
     assert again["started_at"] != first["started_at"] and again["resumed_from_step"] is None
@@ -198,16 +198,16 @@ def test_a_continued_run_records_the_code_of_each_segment(run_cli, tmp_path: Pat
     the code version that wrote it; a checkpoint from other code is refused with
     trainer.checkpoint.same_code=true (one error line, a failed record, the checkpoint kept)
     and continued by default, the record listing both code segments."""
-    from runners import record
-    from runners.checkpoint import checkpoint_dir
+    from runners import paths, record
     from runners.job import run_job
+    from runners.paths import RunPaths
 
     quick = [a for a in ARGS if not a.startswith(("trainer.max_steps", "data.max_eval", "trainer.save_model"))]
     args = [*quick, "trainer.max_steps=8", "data.max_eval_samples=16", "trainer.checkpoint.keep=true"]
     cfg = compose(*args, f"results_dir={tmp_path / 'runs'}", f"data.cache_dir={cache_dir}", f"data.dir={GLUE}")
     assert run_job(cfg)["status"] == "finished"
-    path = record.record_path(cfg)
-    first, state_file = record.read(path), checkpoint_dir(path) / "state.pt"
+    path = paths.record_path(cfg)
+    first, state_file = record.read(path), RunPaths(path).checkpoint / "state.pt"
     state, now = torch.load(state_file, weights_only=False), first["code_version"]
     assert state["step"] == 4 and state["code_version"] == now
     assert first["code_segments"] == [{"code_version": now, "from_step": 0}]

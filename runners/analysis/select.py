@@ -26,7 +26,7 @@ import pandas as pd
 
 from runners.analysis.columns import Column, TableLayout
 from runners.identity import digest, flatten, identity_view
-from runners.record import CHECKPOINT_SUFFIX, MODEL_SUFFIX
+from runners.paths import CHECKPOINT_SUFFIX, MODEL_SUFFIX
 
 _LR_KEYS = {"trainer.lr", "trainer.lr_head"}
 FAILURE_KEYS = ("mode", "model", "method", "task", "lr", "lr_head", "seed", "status", "reason", "path")
