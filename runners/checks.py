@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from runners import metrics
 from runners.errors import HarnessError
 
 CHECKS = Path(__file__).resolve().parents[1] / "conf" / "checks.yaml"
@@ -66,3 +67,4 @@ def validate(cfg: DictConfig) -> None:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
         raise HarnessError(f"config: {str(e).splitlines()[0]} ({e.full_key})") from None
+    metrics.check(cfg.task)

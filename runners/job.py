@@ -21,8 +21,9 @@ from transformers import set_seed
 from c3a.methods import Adapted, apply_method
 from runners import checks, failure, metrics, record
 from runners.checkpoint import Checkpoint, CheckpointRefused
-from runners.data import prepare, task_test_sets
+from runners.data import prepare
 from runners.errors import HarnessError, TrainingFailed
+from runners.glue import task_test_sets
 from runners.identity import explain
 from runners.lock import LockLost, RunLock
 from runners.logger import make_logger

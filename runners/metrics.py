@@ -1,21 +1,46 @@
-"""Task metrics (x100, as the paper reports them), computed with scikit-learn and scipy."""
+"""Task metrics (x100, as the paper reports them), computed with scikit-learn and scipy (imported
+when a metric is computed: the names are checked with the options, before anything heavy loads)."""
 
 from __future__ import annotations
 
 import numpy as np
 from omegaconf import DictConfig
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from runners.errors import HarnessError
 
-METRICS = {
-    "accuracy": lambda y, p: accuracy_score(y, p),
-    "f1": lambda y, p: f1_score(y, p, zero_division=0),  # of class 1 (MRPC equivalent, QQP duplicate), as GLUE
-    "matthews_correlation": lambda y, p: matthews_corrcoef(y, p),
-    "pearson": lambda y, p: pearsonr(y, p)[0],
-    "spearman": lambda y, p: spearmanr(y, p)[0],
-}
+
+def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import accuracy_score
+
+    return accuracy_score(y, p)
+
+
+def _f1(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    return f1_score(y, p, zero_division=0)  # of class 1 (MRPC equivalent, QQP duplicate), as GLUE
+
+
+def _matthews(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    return matthews_corrcoef(y, p)
+
+
+def _pearson(y: np.ndarray, p: np.ndarray) -> float:
+    from scipy.stats import pearsonr
+
+    return pearsonr(y, p)[0]
+
+
+def _spearman(y: np.ndarray, p: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return spearmanr(y, p)[0]
+
+
+METRICS = {"accuracy": _accuracy, "f1": _f1, "matthews_correlation": _matthews, "pearson": _pearson,
+           "spearman": _spearman}
 
 
 def score(metric: str, labels: np.ndarray, outputs: np.ndarray) -> float:

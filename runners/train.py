@@ -17,8 +17,9 @@ from transformers import get_linear_schedule_with_warmup
 from c3a.methods import Adapted
 from runners import metrics
 from runners.checkpoint import Checkpoint, Progress, Resume, load_trainable, trainable_state
-from runners.data import loader, task_test_sets
+from runners.data import loader
 from runners.errors import HarnessError, TrainingFailed
+from runners.glue import task_test_sets
 from runners.lock import RunLock
 from runners.record import select
 
@@ -130,7 +131,6 @@ def train(
     model = adapted.model.to(device)
     model.train()
     train_dl = loader(data["train"], tokenizer, t.batch_size, True, t.group_by_length, cfg.seed)
-    metrics.check(cfg.task)
     first_test = task_test_sets(cfg.task)[0]  # the record's `test` float
     evals = {
         split: loader(data[split], tokenizer, t.eval_batch_size, False, False, cfg.seed)

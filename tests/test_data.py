@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import compose
-from runners.data import load_glue, prepare, read_tsv, split
+from runners.data import prepare
 from runners.errors import HarnessError
+from runners.glue import load_glue, read_tsv, split
 
 # (task, train rows, dev rows) = data lines of the real files (headers excluded)
 SIZES = {"rte": (2490, 277), "mrpc": (3668, 408), "cola": (8551, 1043), "stsb": (5749, 1500), "sst2": (67349, 872)}

@@ -190,6 +190,7 @@ def test_a_sweep_records_its_failed_jobs_and_goes_on(run_cli, tmp_path: Path, rt
     ("seed=abc", "seed='abc'; allowed: an integer from 0 to 4294967295"),
     ("trainer.lr=abc", "trainer.lr='abc'; allowed: a number >= 0"),
     ("trainer.precision=fp33", "trainer.precision='fp33'; allowed: fp32, bf16, fp16"),
+    ("task.metric=f2", "task=rte: headline metric 'f2' is not in metrics ['accuracy']"),  # checked before the data
 ])
 def test_a_bad_option_is_one_error_line_and_a_failed_record(run_cli, override: str, message: str) -> None:
     proc = run_cli(override, *TINY, check=False)

@@ -164,7 +164,8 @@ def test_run_py_checks_options_before_importing_torch() -> None:
 
 def test_the_torch_free_modules_import_no_torch_when_run(tmp_path: Path) -> None:
     """Imported for real (one subprocess): the analysis floor, its entry points and run.py's
-    import path; then a table, a contrast and the pilot's grid from committed records."""
+    import path; then a table, a contrast and the pilot's grid from committed records, and a
+    plan's cost (its rows read through runners.glue when GLUE_DIR is set)."""
     runs = ROOT / "results" / "minilm_glue" / "runs"
     pilot = ROOT / "results" / "minilm_glue" / "pilot"
     code = f"""
@@ -172,8 +173,9 @@ import contextlib, importlib, io, json, sys
 for name in ["runners.analysis.table", "runners.table", "runners.pilot", "runners.plan", "runners.analysis.plan",
              "runners.sweep", "runners.config", "runners.checks", "runners.failure", "run"]:
     importlib.import_module(name)
-from runners.analysis import pilot, table
+from runners.analysis import pilot, plan, table
 with contextlib.redirect_stdout(io.StringIO()):
+    assert plan.main(["minilm_glue", "task=rte,mrpc"]) == 0
     assert table.main(["--layout", "minilm_glue", "--runs", {str(runs)!r}, "--out", {str(tmp_path)!r}]) == 0
     assert table.main(["--layout", "minilm_glue", "--runs", {str(runs)!r}, "--contrast", "c3a_b6", "lora"]) == 0
     assert pilot.main(["--runs", {str(pilot)!r}]) == 0

@@ -15,8 +15,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose
-from runners.data import load_glue, prepare, read_tsv, split, task_test_sets
+from runners.data import prepare
 from runners.errors import HarnessError
+from runners.glue import load_glue, read_tsv, split, task_test_sets
 
 # The hub's GLUE (nyu-mll/glue): split names and text columns per config, written out here
 # independently of conf/task so a wrong task YAML fails.

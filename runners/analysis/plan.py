@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from hydra_plugins.glue_plan_sweeper.plan_sweeper import setting, split_stages
 from runners.config import register_resolvers
 from runners.errors import HarnessError
+from runners.glue import load_glue, split
 from runners.sweep import CONF, error_line, plan_jobs, split_args
 
 CELL = ["model", "method", "task"]
@@ -42,9 +43,6 @@ def train_rows(cfg: DictConfig) -> tuple[int, str | None]:
 
 
 def _train_rows(cfg: DictConfig) -> tuple[int, str | None]:
-    # not at the top: runners.data imports torch and transformers, and importing the analysis floor must not
-    from runners.data import load_glue, split
-
     note = None
     if cfg.data.dir is not None:
         try:  # the project's reader and split: the rows a run would train on
