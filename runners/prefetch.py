@@ -3,10 +3,10 @@ python -m runners.prefetch [PLAN] [key=value ...]
 
 The runs are selected as `python -m runners.plan` selects them (runners.sweep; with PLAN: every
 job of the plan, filtered and overridden by the key=value arguments; without: the runs `python
-run.py -m key=value ...` would launch, one unless an override sweeps). For each distinct checkpoint it
+run.py -m key=value ...` would launch, one unless an override sweeps). For each distinct pretrained model it
 downloads into HF_HOME what those runs read (config, tokenizer, weights), for each distinct GLUE
 task the dataset `load_dataset` reads; one line per item says `fetched`, `already cached` or
-`skipped: ...` (a checkpoint with `model.local_dir`, a task read from `data.dir`). Whether an item
+`skipped: ...` (a model with `model.local_dir`, a task read from `data.dir`). Whether an item
 is cached is checked from the cache alone, so a run with everything cached makes no network
 call and works offline (HF_HUB_OFFLINE=1); offline, a missing item is one `error:` line.
 The last lines give the cache folders and their size.
@@ -33,8 +33,8 @@ WEIGHTS = OmegaConf.load(CONF / "prefetch.yaml").weights
 
 
 @dataclass
-class Checkpoint:
-    """A hub checkpoint and the parts of it the selected runs read."""
+class Pretrained:
+    """A pretrained model on the hub and the parts of it the selected runs read."""
 
     repo: str
     local_dir: str | None
@@ -56,12 +56,12 @@ class Glue:
         return f"data {self.hub_dataset}/{self.task}"
 
 
-def needs(configs: Sequence[DictConfig]) -> tuple[list[Checkpoint], list[Glue]]:
-    """The distinct checkpoints (with the parts any run reads) and GLUE tasks of these runs.
+def needs(configs: Sequence[DictConfig]) -> tuple[list[Pretrained], list[Glue]]:
+    """The distinct pretrained models (with the parts any run reads) and GLUE tasks of these runs.
     Training reads config, tokenizer, pretrained weights and data; mode=count builds the model
     (pretrained weights unless model.pretrained=false); mode=memory builds it with random
     weights. A model yaml's `config` values replace config.json where no weights are loaded."""
-    models: dict[tuple[str, str | None], Checkpoint] = {}
+    models: dict[tuple[str, str | None], Pretrained] = {}
     tasks: dict[Glue, None] = {}
     for cfg in configs:
         m = cfg.model
@@ -73,7 +73,7 @@ def needs(configs: Sequence[DictConfig]) -> tuple[list[Checkpoint], list[Glue]]:
             parts.add("tokenizer")
             tasks[Glue(cfg.data.hub_dataset, cfg.task.name, cfg.data.dir)] = None
         key = (m.name_or_path, m.get("local_dir"))
-        models.setdefault(key, Checkpoint(*key)).parts |= parts
+        models.setdefault(key, Pretrained(*key)).parts |= parts
     return list(models.values()), list(tasks)
 
 
@@ -111,7 +111,7 @@ def _weights_cached(repo: str) -> bool:
     return False
 
 
-def missing_parts(ckpt: Checkpoint) -> list[str]:
+def missing_parts(pre: Pretrained) -> list[str]:
     """The parts not in the cache, found from the cache alone (no network call): config and
     tokenizer by loading them as a run does, the weights by their files."""
     from transformers import AutoConfig, AutoTokenizer
@@ -119,39 +119,39 @@ def missing_parts(ckpt: Checkpoint) -> list[str]:
     missing = []
     with offline():
         for part, load in (("config", AutoConfig.from_pretrained), ("tokenizer", AutoTokenizer.from_pretrained)):
-            if part in ckpt.parts:
+            if part in pre.parts:
                 try:
-                    load(ckpt.repo)
+                    load(pre.repo)
                 except OSError:  # transformers' "not found" (offline: not in the cache)
                     missing.append(part)
                 except Exception as e:  # cached but unusable (e.g. a tokenizer package missing): say why
-                    raise HarnessError(f"{ckpt.label}: cannot load its {part}: {type(e).__name__}: "
+                    raise HarnessError(f"{pre.label}: cannot load its {part}: {type(e).__name__}: "
                                        f"{str(e).splitlines()[0]}") from e
-        if "weights" in ckpt.parts and not _weights_cached(ckpt.repo):
+        if "weights" in pre.parts and not _weights_cached(pre.repo):
             missing.append("weights")
     return missing
 
 
-def fetch_checkpoint(ckpt: Checkpoint, parts: list[str]) -> None:
+def fetch_pretrained(pre: Pretrained, parts: list[str]) -> None:
     from huggingface_hub import hf_hub_download, list_repo_files
     from transformers import AutoConfig, AutoTokenizer
 
     if "config" in parts:
-        AutoConfig.from_pretrained(ckpt.repo)
+        AutoConfig.from_pretrained(pre.repo)
     if "tokenizer" in parts:
-        AutoTokenizer.from_pretrained(ckpt.repo)
+        AutoTokenizer.from_pretrained(pre.repo)
     if "weights" in parts:
-        files = set(list_repo_files(ckpt.repo))
+        files = set(list_repo_files(pre.repo))
         fmt = next((f for f in WEIGHTS if f.file in files or f.index in files), None)
         if fmt is None:
             names = ", ".join(n for f in WEIGHTS for n in (f.file, f.index))
-            raise HarnessError(f"{ckpt.label}: the hub repo has none of {names}")
+            raise HarnessError(f"{pre.label}: the hub repo has none of {names}")
         if fmt.file in files:
-            hf_hub_download(ckpt.repo, fmt.file)
+            hf_hub_download(pre.repo, fmt.file)
         else:
-            index = hf_hub_download(ckpt.repo, fmt.index)
+            index = hf_hub_download(pre.repo, fmt.index)
             for shard in sorted(set(json.loads(Path(index).read_text())["weight_map"].values())):
-                hf_hub_download(ckpt.repo, shard)
+                hf_hub_download(pre.repo, shard)
 
 
 def glue_cached(glue: Glue) -> bool:
@@ -181,33 +181,33 @@ def human(n: int) -> str:
     return f"{size:.1f} GB"
 
 
-def prefetch(checkpoints: list[Checkpoint], tasks: list[Glue]) -> tuple[int, list[str]]:
+def prefetch(models: list[Pretrained], tasks: list[Glue]) -> tuple[int, list[str]]:
     """Print one line per item; returns (items fetched, items missing while offline)."""
     import datasets.config
     from huggingface_hub import is_offline_mode
 
     fetched, missing = 0, []
-    for ckpt in checkpoints:
-        if ckpt.local_dir:
-            print(f"{ckpt.label}: skipped: local copy at {ckpt.local_dir} (model.local_dir)")
-        elif Path(ckpt.repo).is_dir():
-            print(f"{ckpt.label}: skipped: a local folder")
-        elif not ckpt.parts:
-            print(f"{ckpt.label}: skipped: nothing to download (random weights from the model yaml's config)")
-        elif not (lacking := missing_parts(ckpt)):
-            print(f"{ckpt.label}: already cached ({', '.join(sorted(ckpt.parts))})")
+    for pre in models:
+        if pre.local_dir:
+            print(f"{pre.label}: skipped: local copy at {pre.local_dir} (model.local_dir)")
+        elif Path(pre.repo).is_dir():
+            print(f"{pre.label}: skipped: a local folder")
+        elif not pre.parts:
+            print(f"{pre.label}: skipped: nothing to download (random weights from the model yaml's config)")
+        elif not (lacking := missing_parts(pre)):
+            print(f"{pre.label}: already cached ({', '.join(sorted(pre.parts))})")
         elif is_offline_mode():
-            missing.append(f"{ckpt.label} ({', '.join(lacking)})")
+            missing.append(f"{pre.label} ({', '.join(lacking)})")
         else:
             try:
-                fetch_checkpoint(ckpt, lacking)
+                fetch_pretrained(pre, lacking)
             except HarnessError:
                 raise
             except Exception as e:  # the hub's and transformers' errors vary by version
-                raise HarnessError(f"cannot fetch {ckpt.label}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
-            if still := missing_parts(ckpt):  # what was fetched must be what an offline run reads
-                raise HarnessError(f"{ckpt.label}: fetched, but still not readable offline: {', '.join(still)}")
-            print(f"{ckpt.label}: fetched ({', '.join(lacking)})")
+                raise HarnessError(f"cannot fetch {pre.label}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+            if still := missing_parts(pre):  # what was fetched must be what an offline run reads
+                raise HarnessError(f"{pre.label}: fetched, but still not readable offline: {', '.join(still)}")
+            print(f"{pre.label}: fetched ({', '.join(lacking)})")
             fetched += 1
     for glue in tasks:
         if glue.dir is not None:
@@ -250,8 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     transformers.logging.set_verbosity_error()  # no "newly initialized" / cache-fallback chatter
     datasets.logging.set_verbosity_error()
     try:
-        checkpoints, tasks = needs(selected_configs(plan, overrides))
-        fetched, missing = prefetch(checkpoints, tasks)
+        models, tasks = needs(selected_configs(plan, overrides))
+        fetched, missing = prefetch(models, tasks)
     except (HarnessError, HydraException, OmegaConfBaseException, ValueError) as e:
         print(f"error: {error_line(e)}", file=sys.stderr)
         return 1

@@ -78,7 +78,7 @@ def run_prefetch(home: Path, *args: str, online: bool = False) -> subprocess.Com
                           env=env_for(home, online), timeout=300)
 
 
-def test_cached_checkpoint_and_glue_need_no_network(hf_home: Path) -> None:
+def test_cached_model_and_glue_need_no_network(hf_home: Path) -> None:
     """Not offline by any switch, every socket blocked: both items are found in the cache. ~7 s."""
     proc = run_prefetch(hf_home, "model=minilm", "model.local_dir=null", "data.dir=null", "task=rte", online=True)
     assert proc.returncode == 0, proc.stderr
@@ -91,7 +91,7 @@ def test_cached_checkpoint_and_glue_need_no_network(hf_home: Path) -> None:
 
 
 def test_offline_missing_items_are_one_error_line(hf_home: Path) -> None:
-    """HF_HUB_OFFLINE=1: an uncached checkpoint and an uncached task, one error naming both. ~7 s."""
+    """HF_HUB_OFFLINE=1: an uncached model and an uncached task, one error naming both. ~7 s."""
     proc = run_prefetch(hf_home, "model=roberta-base", "data.dir=null", "task=rte,mrpc")
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -101,27 +101,27 @@ def test_offline_missing_items_are_one_error_line(hf_home: Path) -> None:
     assert "data nyu-mll/glue/rte: already cached" in proc.stdout.splitlines()
 
 
-def test_plan_selects_every_checkpoint_and_task(capsys: pytest.CaptureFixture) -> None:
+def test_plan_selects_every_model_and_task(capsys: pytest.CaptureFixture) -> None:
     """PLAN form: the plan's models and tasks, each once, with the parts its runs read; local
     copies and local TSVs are skipped without looking at the cache; a wrong value names the
     allowed ones. ~10 s."""
-    checkpoints, tasks = pf.needs(selected_configs("table2_base", ["method=lora", "seed=0", "data.dir=null"]))
-    assert [(c.repo, c.local_dir, c.parts) for c in checkpoints] == [
+    models, tasks = pf.needs(selected_configs("table2_base", ["method=lora", "seed=0", "data.dir=null"]))
+    assert [(c.repo, c.local_dir, c.parts) for c in models] == [
         ("FacebookAI/roberta-base", None, {"config", "tokenizer", "weights"})]
     assert sorted(t.task for t in tasks) == ["cola", "mrpc", "qnli", "rte", "sst2", "stsb"]
     # mode=memory: random weights from the yaml's config values, no tokenizer, no data
-    checkpoints, tasks = pf.needs(selected_configs("table2_memory", []))
-    assert [(c.repo, c.parts) for c in checkpoints] == [("FacebookAI/roberta-base", set()),
+    models, tasks = pf.needs(selected_configs("table2_memory", []))
+    assert [(c.repo, c.parts) for c in models] == [("FacebookAI/roberta-base", set()),
                                                        ("FacebookAI/roberta-large", set())]
     assert tasks == []
     # without PLAN: the runs run.py -m would launch
-    checkpoints, tasks = pf.needs(selected_configs(None, ["model=distilbert-base,deberta-v3-base", "task=rte",
+    models, tasks = pf.needs(selected_configs(None, ["model=distilbert-base,deberta-v3-base", "task=rte",
                                                           "model.pretrained=false"]))
-    assert [(c.repo, c.parts) for c in checkpoints] == [("distilbert/distilbert-base-uncased", {"tokenizer"}),
+    assert [(c.repo, c.parts) for c in models] == [("distilbert/distilbert-base-uncased", {"tokenizer"}),
                                                        ("microsoft/deberta-v3-base", {"tokenizer"})]
-    checkpoints, tasks = pf.needs(selected_configs("minilm_mini", ["method=lora", f"data.dir={GLUE}"]))
-    assert len(checkpoints) == 1 and len(tasks) == 5
-    assert pf.prefetch(checkpoints, tasks) == (0, [])  # everything skipped: nothing read or fetched
+    models, tasks = pf.needs(selected_configs("minilm_mini", ["method=lora", f"data.dir={GLUE}"]))
+    assert len(models) == 1 and len(tasks) == 5
+    assert pf.prefetch(models, tasks) == (0, [])  # everything skipped: nothing read or fetched
     assert pf.main(["model=nosuch"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "minilm roberta-base" in err[0]
@@ -129,7 +129,7 @@ def test_plan_selects_every_checkpoint_and_task(capsys: pytest.CaptureFixture) -
 
 @pytest.mark.slow
 def test_offline_cluster_recipe(hf_home: Path, run_cli) -> None:
-    """The README's recipe on the compute node: prefetch (offline) finds the checkpoint and the
+    """The README's recipe on the compute node: prefetch (offline) finds the model and the
     task cached, then a run reads both by their hub names with HF_HUB_OFFLINE=1. ~35 s."""
     args = ["model=minilm", "model.local_dir=null", "data.dir=null", "task=rte"]
     proc = run_prefetch(hf_home, *args)
