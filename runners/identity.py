@@ -81,8 +81,6 @@ def identity(cfg: DictConfig | dict[str, Any]) -> str:
     return digest(identity_view(cfg))
 
 
-
-
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     """{"a.b": value} for every leaf of nested dicts."""
     if not isinstance(node, dict):
@@ -97,11 +95,12 @@ def explain(cfg: DictConfig, path: Path) -> None:
     """What `mode=identity` prints: the identity's keys and values, its hash, and whether a
     finished record holds it; if none does, the records of the same learning rates and seed
     beside it, with the keys in which they differ (why a relaunch would not skip)."""
-    view = flatten(identity_view(cfg))
+    whole = identity_view(cfg)
+    view = flatten(whole)
     print(f"identity of {cfg.model.name}/{cfg.method.name}/{cfg.task.name} seed {cfg.seed} (mode=train):")
     for key in sorted(view):
         print(f"  {key}: {json.dumps(view[key])}")
-    print(f"identity: {digest(identity_view(cfg))} ({len(view)} keys; the rule: conf/identity.yaml)")
+    print(f"identity: {digest(whole)} ({len(view)} keys; the rule: conf/identity.yaml)")
     if path.is_file():
         status = json.loads(path.read_text()).get("status")
         print(f"found: a {status} record; a relaunch {'skips' if status == 'finished' else 'runs'} it")

@@ -161,7 +161,7 @@ def train(
                 point = {
                     "epoch": round(run.step / len(train_dl), 3),
                     "step": run.step,
-                    "train_loss": run.mean_loss(),
+                    "train_loss": mean,  # computed just above: at_point checks the loss
                     "validation": scores["validation"][metric],  # headline floats: what tables select on
                     "test": scores[first_test][metric],
                     "metrics": scores,  # {set: {metric: value}} for every set and metric
