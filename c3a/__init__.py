@@ -9,7 +9,8 @@
 - `export_peft(model, dir)`: a trained C3A adapter in PEFT's format.
 """
 
-# Importing a method's module registers it (METHODS): every module that defines one is imported here.
+# The public names; a method's module registers it when imported (`apply_method` imports every
+# module of the package, so a new method needs no line here).
 from c3a.c3a_layer import C3A, C3ALinear, SharedInput, c3a_state_dict, load_c3a_state_dict, share_inputs
 from c3a.circular import block_circular, block_circular_shared, circulant_matrix
 from c3a.givens import Givens, GivensLinear, givens_pairs, givens_state_dict, load_givens_state_dict

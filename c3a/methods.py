@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
+import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +163,14 @@ def _targets(layout: Layout, roles: Sequence[str], feedforward_roles: Sequence[s
     return targets
 
 
+def _import_method_modules() -> None:
+    """Import every module of this package, so a method registers wherever its layer lives: a
+    method of our own is its module plus its YAML, with no list of modules to edit."""
+    package = importlib.import_module(__package__)
+    for module in pkgutil.iter_modules(package.__path__, f"{__package__}."):
+        importlib.import_module(module.name)
+
+
 def apply_method(
     model: nn.Module,
     kind: str,
@@ -180,6 +190,8 @@ def apply_method(
     train: otherwise ValueError naming the model, the role and what was found. Methods
     without roles (BitFit, full) and direct calls with `target_modules` skip the check.
     """
+    if kind not in METHODS:
+        _import_method_modules()
     if kind not in METHODS:
         raise ValueError(f"unknown method kind {kind!r}; allowed: {', '.join(METHODS)}")
     method = METHODS[kind]

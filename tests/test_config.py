@@ -273,6 +273,36 @@ def test_a_method_is_its_layer_and_its_registration(tmp_path: Path) -> None:
         METHODS.pop("scaled_test")
 
 
+def test_a_method_module_in_the_package_registers_without_an_import_line(tmp_path: Path, monkeypatch) -> None:
+    """A method of our own is its module plus its YAML: a module placed in the `c3a` package that
+    nothing imports is found by `apply_method` when its kind is asked for. Fails if the modules
+    must be listed somewhere (c3a/__init__.py). About 1 s."""
+    import sys
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    import c3a
+    from c3a import METHODS, apply_method
+
+    (tmp_path / "found_method.py").write_text(
+        "from c3a.methods import Method, register\n"
+        "@register('found_test')\n"
+        "class Found(Method):\n"
+        "    def build(self, model, **options):\n"
+        "        model.bert.embeddings.LayerNorm.weight.requires_grad_(True)\n"
+        "        return model\n")
+    monkeypatch.setattr(c3a, "__path__", [*c3a.__path__, str(tmp_path)])
+    try:
+        assert "found_test" not in METHODS
+        model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                         intermediate_size=64, vocab_size=100))
+        adapted = apply_method(model, "found_test")
+        assert [p.shape for p in adapted.method] == [(32,)]
+    finally:
+        METHODS.pop("found_test", None)
+        sys.modules.pop("c3a.found_method", None)
+
+
 @pytest.mark.parametrize("method", ["qgoft", "goft"])
 def test_givens_parameters_stay_out_of_weight_decay(method: str) -> None:
     """The Givens method declares its `no_decay` (decay would pull a block to zero, not to the
