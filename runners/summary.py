@@ -48,7 +48,7 @@ def show(cfg: DictConfig, path: Path, loaded: Loaded | None = None, estimate: Es
         ("task", f"{cfg.task.name}, protocol {cfg.protocol.name}, seed {cfg.seed}"),
         ("training", f"{length}, batch {t.batch_size}, max length {cfg.data.max_seq_len}, lr {t.lr:g}, "
                      f"head lr {t.lr_head:g}, {t.precision}"),
-        ("device", f"{loaded.device if loaded else t.device}, {_n(threads, 'thread')}"),
+        ("device", f"{_device(loaded.device) if loaded else t.device}, {_n(threads, 'thread')}"),
     ]
     if loaded is not None:
         lines += _loaded(cfg, loaded)
@@ -63,6 +63,10 @@ def _weights(m: DictConfig) -> str:
         return "random weights, model.pretrained=false"
     source = weights_source(m)
     return "pretrained weights" if source == m.name_or_path else f"pretrained weights from {source}"
+
+
+def _device(device: torch.device) -> str:
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
 
 
 def _loaded(cfg: DictConfig, loaded: Loaded) -> list[tuple[str, str]]:
