@@ -266,6 +266,8 @@ def test_mnli_qqp_wnli_records_from_the_original_layout(run_cli, small_glue: Pat
                    multirun=True, env=torch_threads)
     recs = _records(tmp_path)
     assert set(recs) == {"mnli", "qqp", "wnli"} and all(r["status"] == "finished" for r in recs.values())
+    summaries = [line for line in proc.stdout.splitlines() if line.startswith("task:      ")]
+    assert [line.split()[1] for line in summaries] == ["mnli,", "qqp,", "wnli,"]  # each job prints its own
 
     mnli = recs["mnli"]
     assert mnli["test_sets"] == ["matched", "mismatched"] and mnli["metrics"] == ["accuracy"]
