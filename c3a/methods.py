@@ -15,11 +15,13 @@ adapted in every encoder layer, or nothing trains. Nothing here branches on a me
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import importlib
 import pkgutil
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,8 @@ class Adapted:
     method_no_decay: list[nn.Parameter]
     reg_lambda: float = 0.0
     head_modules: list[str] = dataclasses.field(default_factory=list)  # qualified names of the head
+    roles: list[str] = dataclasses.field(default_factory=list)  # what the method adapted: these roles
+    num_layers: int | None = None   # ... in each of this many encoder layers (None: no roles)
 
     @property
     def trainable_params(self) -> int:
@@ -95,6 +99,16 @@ class Adapted:
         return out
 
 
+@contextlib.contextmanager
+def _peft_reads_deprecated_property() -> Iterator[None]:
+    """PEFT's get_peft_model reads transformers' deprecated `is_gradient_checkpointing`, whose
+    FutureWarning nobody using PEFT can act on: that one warning is ignored, every other shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        yield
+
+
 @register("peft")
 class PeftMethod(Method):
     """Any PEFT tuner, from the PEFT config the YAML instantiates (`peft_config`)."""
@@ -102,7 +116,8 @@ class PeftMethod(Method):
     def build(self, model: nn.Module, peft_config: Any) -> nn.Module:
         from peft import get_peft_model
 
-        return get_peft_model(model, peft_config)
+        with _peft_reads_deprecated_property():
+            return get_peft_model(model, peft_config)
 
     def with_targets(self, options: dict[str, Any], targets: dict[str, str]) -> dict[str, Any]:
         # replace() re-runs the PEFT config's own validation
@@ -118,7 +133,7 @@ class PeftMethod(Method):
         config = trained.peft_config[trained.active_adapter]
         config = dataclasses.replace(config, modules_to_save=sorted({*(config.modules_to_save or []), *head_modules}))
         adapter = get_peft_model_state_dict(trained)
-        with torch.random.fork_rng(devices=[]):  # the fresh adapter's init is overwritten below
+        with torch.random.fork_rng(devices=[]), _peft_reads_deprecated_property():  # the init is overwritten below
             saved = get_peft_model(trained.unload(), config)
         # the head as the copy holds it (trained), the adapter as trained
         set_peft_model_state_dict(saved, {**get_peft_model_state_dict(saved), **adapter})
@@ -215,4 +230,5 @@ def apply_method(
             (no_decay if any(f in name for f in method.no_decay) else decay).append(param)
     if not head:
         raise ValueError(f"head_modules {list(head_modules)} matched no parameter of the model")
-    return Adapted(model, kind, head, decay, no_decay, reg_lambda, list(head_modules))
+    return Adapted(model, kind, head, decay, no_decay, reg_lambda, list(head_modules), list(roles),
+                   layout.num_layers if roles else None)

@@ -115,6 +115,13 @@ class Checkpoint:
         self.code_segments = [*earlier, {"code_version": now, "from_step": state["step"]}]
         return state
 
+    def saved_step(self) -> int | None:
+        """The step a relaunch continues from, None for a fresh start; the file is mapped, not
+        read (its tensors stay on disk)."""
+        if not self.file.is_file():
+            return None
+        return torch.load(self.file, map_location="cpu", weights_only=False, mmap=True)["step"]
+
     def save(self, state: dict[str, Any]) -> None:
         """Atomic: a run killed while saving leaves the previous checkpoint intact."""
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,8 @@ SKIPPED = "skipped_rows.json"  # beside the cached splits: a cached run reports 
 
 def prepare(cfg: DictConfig, tokenizer) -> tuple[DatasetDict, dict[str, int] | None]:
     """Tokenized train/validation/<test sets>, cached on disk by everything that determines
-    them; and the rows skipped per file ({} on the hub), or None when the task skips none.
-    The skipped counts are printed on every call, cached or not."""
+    them; and the rows skipped per file ({} on the hub), or None when the task skips none
+    (the same counts whether cached or not)."""
     key_cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "data", "protocol")}
     key_cfg["tokenizer"] = tokenizer.name_or_path
     key_cfg["data"].pop("cache_dir")
@@ -31,10 +31,7 @@ def prepare(cfg: DictConfig, tokenizer) -> tuple[DatasetDict, dict[str, int] | N
     path = Path(cfg.data.cache_dir) / f"{cfg.task.name}-{key}"
     splits = ["train", "validation", *task_test_sets(cfg.task)]
     cached = _cached(path, splits)
-    ds, skipped = cached if cached is not None else _tokenize(cfg, tokenizer, path, splits)
-    for file, n in (skipped or {}).items():
-        print(f"skipped {n} rows with missing fields in {file} (task {cfg.task.name} declares skip_malformed)")
-    return ds, skipped
+    return cached if cached is not None else _tokenize(cfg, tokenizer, path, splits)
 
 
 def _cached(path: Path, splits: list[str]) -> tuple[DatasetDict, dict[str, int] | None] | None:

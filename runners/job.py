@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from c3a.methods import Adapted, apply_method
-from runners import checks, failure, metrics, record
+from runners import checks, failure, metrics, record, summary
 from runners.checkpoint import Checkpoint, CheckpointRefused
 from runners.data import prepare
 from runners.errors import HarnessError, TrainingFailed
@@ -133,6 +133,9 @@ def fit(cfg: DictConfig, path: Path, lock: RunLock) -> str:
     if ckpt is not None and record.finished(path):  # force=true: a kept checkpoint must not shortcut the re-run
         ckpt.clear()
     try:
+        loaded = summary.Loaded(adapted, rec["sizes"], skipped, device, ckpt.saved_step() if ckpt is not None else None)
+        # the estimated wall time, summary.Estimate(seconds, calibration name); None prints no estimate line
+        summary.show(cfg, path, loaded, estimate=None)
         rec.update(train(adapted, data, tokenizer, cfg, device, log=logger.log, ckpt=ckpt, lock=lock))
         if cfg.trainer.save_model:  # train() left the model at the selected point
             lock.verify()
@@ -189,6 +192,7 @@ def _lost(e: LockLost, path: Path) -> dict[str, Any]:
 
 def _finished(cfg: DictConfig, path: Path) -> bool:
     if cfg.mode == "train" and record.finished(path) and not cfg.force:
+        summary.show(cfg, path)  # what needs neither data nor model
         print("skipped: an identical finished run exists (force=true re-runs it)")
         print(f"record: {path}")
         return True

@@ -17,7 +17,8 @@ class NullLogger:
 
 
 class WandbLogger:
-    """One wandb run per job, grouped by sweep; failures inside wandb only warn."""
+    """One wandb run per job, grouped by sweep, with the run's config and trainable-parameter
+    count, every evaluation point and the selected one; failures inside wandb only warn."""
 
     def __init__(self, cfg: DictConfig, rec: dict[str, Any]) -> None:
         import wandb
@@ -29,6 +30,7 @@ class WandbLogger:
             name=f"{rec['model']}-{rec['method']}-{rec['task']}-lr{rec['lr']:g}-s{rec['seed']}",
             config=rec["config"], reinit="finish_previous",
         )
+        _safely(self.run.summary.update, {"trainable_params": rec["trainable_params"]})
 
     def log(self, point: dict[str, Any]) -> None:
         _safely(self.run.log, {k: v for k, v in point.items() if k != "step"}, step=point["step"])

@@ -27,6 +27,13 @@ LOSS_CHECK_EVERY = 20  # steps between host syncs that check the loss is finite
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # trainer.precision (conf/checks.yaml)
 
 
+def schedule(train_rows: int, t: DictConfig) -> tuple[int, int, int]:
+    """(batches per epoch, total steps, steps between evaluation points) of training on
+    `train_rows` rows under `trainer` options `t`."""
+    per_epoch = math.ceil(train_rows / t.batch_size)
+    return per_epoch, t.max_steps or t.epochs * per_epoch, t.eval_every_steps or per_epoch
+
+
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """The precision rules: the dtype the forward pass runs in under `trainer.precision` (None:
     fp32, no autocast). fp16 needs CUDA: its gradient scaler runs there only."""
@@ -136,8 +143,7 @@ def train(
         split: loader(data[split], tokenizer, t.eval_batch_size, False, False, cfg.seed)
         for split in ("validation", *task_test_sets(cfg.task))
     }
-    total = t.max_steps or t.epochs * len(train_dl)
-    eval_every = t.eval_every_steps or len(train_dl)
+    per_epoch, total, eval_every = schedule(len(data["train"]), t)
     step = Step.of(adapted, t, device, total)
     run = Progress(running=torch.zeros((), device=device))
     resume = Resume(ckpt, model, step, total, (eval_every, t.checkpoint.every_steps or eval_every), lock)
@@ -159,7 +165,7 @@ def train(
                 scores = {split: evaluate(model, dl, list(cfg.task.metrics), device, t.precision)
                           for split, dl in evals.items()}
                 point = {
-                    "epoch": round(run.step / len(train_dl), 3),
+                    "epoch": round(run.step / per_epoch, 3),
                     "step": run.step,
                     "train_loss": mean,  # computed just above: at_point checks the loss
                     "validation": scores["validation"][metric],  # headline floats: what tables select on

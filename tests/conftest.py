@@ -61,16 +61,20 @@ def compose(*overrides: str):
 
 @pytest.fixture
 def run_cli(tmp_path: Path, cache_dir: Path):
-    """Run `python run.py ARGS` in a subprocess with results and outputs under tmp_path."""
+    """Run `python run.py ARGS` in a subprocess with results and outputs under tmp_path; with
+    `progress`, the progress bar shown and stderr merged into stdout (proc.stderr is None), in
+    the order a job's log holds them (stdout buffered, as when it is a file)."""
 
-    def run(*args: str, check: bool = True, env: dict | None = None, multirun: bool = False):
+    def run(*args: str, check: bool = True, env: dict | None = None, multirun: bool = False, progress: bool = False):
         cmd = [sys.executable, str(ROOT / "run.py"), *(["-m"] if multirun else []), *args,
                f"results_dir={tmp_path / 'runs'}", f"data.cache_dir={cache_dir}",
                f"hydra.run.dir={tmp_path / 'hydra'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-               "trainer.progress=false"]
-        full_env = {**os.environ, **OFFLINE, "GLUE_DIR": str(GLUE), **(env or {})}
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=full_env, timeout=1200)
-        if NO_GLUE is not None and f"GLUE data directory not found: {GLUE} " in proc.stdout + proc.stderr:
+               f"trainer.progress={str(progress).lower()}"]
+        full_env = {**os.environ, **OFFLINE, "GLUE_DIR": str(GLUE), **({"PYTHONUNBUFFERED": ""} if progress else {}),
+                    **(env or {})}
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if progress else subprocess.PIPE,
+                              text=True, cwd=tmp_path, env=full_env, timeout=1200)
+        if NO_GLUE is not None and f"GLUE data directory not found: {GLUE} " in proc.stdout + (proc.stderr or ""):
             pytest.skip(NO_GLUE)  # this run needed the data
         if check and proc.returncode != 0:
             raise AssertionError(f"run.py {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

@@ -36,13 +36,14 @@ def launch(cmd: list[str], cwd: Path, **kw) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=cwd, env=env, text=True, **kw)
 
 
-def finish(cmd: list[str], cwd: Path) -> dict:
+def finish(cmd: list[str], cwd: Path) -> tuple[dict, str]:
+    """The finished run's record and what it printed."""
     proc = launch(cmd, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, f"{out}\n{err}"
     line = last_line(out)
     assert line.startswith("record: "), out
-    return json.loads(Path(line.removeprefix("record: ")).read_text())
+    return json.loads(Path(line.removeprefix("record: ")).read_text()), out
 
 
 def adapter_tensors(directory: str) -> dict[str, torch.Tensor]:
@@ -55,8 +56,8 @@ def adapter_tensors(directory: str) -> dict[str, torch.Tensor]:
 @pytest.mark.needs_glue
 def test_killed_run_continues_to_the_uninterrupted_record(tmp_path: Path, cache_dir: Path) -> None:
     """~60 s: three run.py processes of 16 LoRA steps on 96 real RTE rows."""
-    reference = finish(command(tmp_path / "ref", cache_dir, tmp_path), tmp_path)
-    assert reference["resumed_from_step"] is None
+    reference, out = finish(command(tmp_path / "ref", cache_dir, tmp_path), tmp_path)
+    assert reference["resumed_from_step"] is None and "continuing from step" not in out
     assert reference["selected"]["step"] != reference["history"][-1]["step"]  # the kept model is not the last
 
     cmd = command(tmp_path / "runs", cache_dir, tmp_path)
@@ -82,8 +83,9 @@ def test_killed_run_continues_to_the_uninterrupted_record(tmp_path: Path, cache_
     assert 8 <= killed_at < 16
     assert not list((tmp_path / "runs").glob("train/minilm/lora/rte/*.json"))  # killed: no record yet
 
-    resumed = finish(cmd, tmp_path)
+    resumed, out = finish(cmd, tmp_path)
     assert resumed["status"] == "finished" and resumed["resumed_from_step"] == killed_at
+    assert f"\nresume:    continuing from step {killed_at}\n" in out  # the summary says so before training
     # the killed process's time up to its checkpoint counts in the run's wall time
     assert 0 < resumed["wall_time_before_resume_s"] == killed["elapsed_s"] < resumed["wall_time_s"]
     for key in SAME:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -40,10 +42,36 @@ def test_task_produces_a_record(run_cli, task: str, metric: str) -> None:
     assert isinstance(rec["code_version"]["dirty"], bool)
 
 
+UNLOADED = ["model", "method", "task", "training", "device"]  # the summary's lines that need neither data nor model
+
+
+def summary(lines: list[str]) -> dict[str, str]:
+    """The start-of-run summary block at the top of `lines`, {label: value}: its values start in
+    one column, after the widest label (`trainable: `)."""
+    matches = map(re.compile(r"([a-z]+): +(\S.*)").fullmatch, lines)
+    return {m[1]: m[2] for m in itertools.takewhile(lambda m: m and m.start(2) == len("trainable: "), matches)}
+
+
 def test_finished_run_is_skipped_unless_forced(run_cli) -> None:
-    first = record_of(run_cli("task=rte", "method=bitfit", *QUICK))
+    """Also the summary: printed before the progress bar (with it on, stderr merged), `record:` last;
+    a finished run is skipped before data or model load, its summary without their lines."""
+    proc = run_cli("task=rte", "method=bitfit", *QUICK, progress=True)
+    first, lines = record_of(proc), proc.stdout.strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("model:"))
+    shown = summary(lines[start:])
+    assert list(shown) == [*UNLOADED, "trainable", "data", "steps", "record"]
+    bar = next(i for i, line in enumerate(lines) if "bitfit/rte:" in line)  # tqdm's desc: method/task
+    assert start + len(shown) <= bar and lines[-1] == f"record: {shown['record']}"
+    assert shown["trainable"].startswith(f"{first['trainable_params']:,} parameters")
+    assert shown["data"].startswith(" / ".join(f"{split} {n}" for split, n in first["sizes"].items()))
+    history = first["history"]
+    assert re.match(rf"{history[-1]['step']} .*, {len(history)} evaluation points? ", shown["steps"])
+
     again = run_cli("task=rte", "method=bitfit", *QUICK)
-    assert "skipped" in again.stdout and record_of(again) == first
+    assert record_of(again) == first
+    lines = again.stdout.strip().splitlines()
+    assert list(summary(lines)) == UNLOADED and lines[len(UNLOADED):] == [
+        "skipped: an identical finished run exists (force=true re-runs it)", f"record: {shown['record']}"]
     forced = record_of(run_cli("task=rte", "method=bitfit", "force=true", *QUICK))
     assert forced["started_at"] != first["started_at"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import last_line
+from conftest import compose, last_line
 
 pytestmark = pytest.mark.slow
 QUICK = ["model=minilm", "task=rte", "method=lora", "trainer.max_steps=2", "trainer.batch_size=8",
@@ -45,3 +45,22 @@ def test_one_wandb_run_per_job_in_a_multirun(run_cli, tmp_path: Path) -> None:
     assert sorted(r["seed"] for r in finished_records(tmp_path)) == [0, 1]
     runs = offline_runs(tmp_path)
     assert len(runs) == 2 and len({r.name.rsplit("-", 1)[-1] for r in runs}) == 2  # distinct run ids
+
+
+def test_run_summary_holds_the_trainable_parameter_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process: the wandb run's summary has the record's count from the start (a run that
+    fails later keeps it), and the offline run's file holds it."""
+    from runners.logger import WandbLogger
+
+    for key, value in wandb_env(tmp_path, "offline").items():
+        monkeypatch.setenv(key, value)
+    cfg = compose(*QUICK)
+    rec = {"model": "minilm", "method": "lora", "task": "rte", "lr": 1e-3, "seed": 0, "trainable_params": 73728,
+           "config": {"seed": 0}}
+    logger = WandbLogger(cfg, rec)
+    try:
+        assert logger.run.summary["trainable_params"] == 73728
+    finally:
+        logger.finish({"status": "failed"})
+    (run,) = offline_runs(tmp_path)
+    assert b"trainable_params" in next(run.glob("*.wandb")).read_bytes()
