@@ -171,3 +171,12 @@ def test_the_committed_page_is_what_the_records_give(monkeypatch: pytest.MonkeyP
     assert {f"{stem}.{e}" for stem, _, _ in built.figures for e in ("png", "pdf")} | {"index.html"} == {
         p.name for p in committed.iterdir()}
     assert report.page_html(built) == (committed / "index.html").read_text()
+
+
+def test_the_notebook_draws_with_the_pages_functions() -> None:
+    """notebooks/analysis.ipynb holds no plotting code of its own: it calls runners.analysis.figures
+    (tests/test_notebook.py executes it)."""
+    nb = json.loads((ROOT / "notebooks" / "analysis.ipynb").read_text())
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert "figures.score_against(" in code and "figures.save(" in code
+    assert not re.search(r"matplotlib|plt\.|\.plot\(|errorbar|savefig", code)
