@@ -115,6 +115,15 @@ def test_regenerated_no_byte_changes_and_no_labels_overlap(page: tuple[Path, Pat
     assert digests(runs.parent / "again") == digests(out)
 
 
+def test_contrast_pairs_replace_the_layouts(page: tuple[Path, Path]) -> None:
+    runs, _ = page
+    built = report.build_page(runs, load_layout("minilm_glue"), pairs=[("qgoft", "c3a_b6")])
+    text = report.page_html(built)
+    assert "mrpc: minilm: qgoft - c3a_b6 = " in text and " - lora" not in text
+    assert [stem for stem, _, _ in built.figures] == ["score_params_minilm", "curves_minilm", "contrasts"]
+    assert "No <code>mode=memory</code> records" in text
+
+
 def test_bad_input_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert report.main(["--runs", str(tmp_path / "nothing")]) == 1
     assert capsys.readouterr().err == f"error: --runs: no records folder {tmp_path / 'nothing'}\n"

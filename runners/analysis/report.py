@@ -111,7 +111,8 @@ def build_page(runs: Path, layout: TableLayout, memory: Path | None = None, pilo
     page = Page(f"Results: {layout.name} ({runs})")
 
     have, expected, missing, seeds = missing_runs(table)
-    status = (f"All {expected} cells of the layout have {seeds} seed(s)." if not missing else
+    status = (f"No finished runs yet: the layout has {expected} cells (models x rows x tasks)." if not have else
+              f"All {expected} cells of the layout have {seeds} seed(s)." if not missing else
               f"<strong>Incomplete: {missing} run(s) missing</strong>: {have} of the layout's {expected} cells "
               f"(models x rows x tasks) have finished runs, each cell counted at {seeds} seed(s), the most any "
               "cell has. The page shows what has finished.")
