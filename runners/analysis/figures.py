@@ -57,8 +57,10 @@ def styles(methods: list[str], labels: dict[str, str] | None = None) -> dict[str
 
 
 def table_styles(table: Table, extra: list[str] = ()) -> dict[str, Style]:
-    """`styles` of the table's methods in its row order (labels from the layout), then `extra` methods."""
-    methods = list(dict.fromkeys([*table.frame.get("method", []), *extra]))
+    """`styles` of the layout's rows (so a method keeps its style on every page of the layout,
+    finished or not), then the table's other methods and `extra` ones; labels from the layout."""
+    rows = [r.method for r in table.layout.rows]
+    methods = list(dict.fromkeys([*rows, *table.frame.get("method", []), *extra]))
     labels = {method: md for (_, method), (_, md) in table.labels.items()}
     return styles(methods, labels)
 
