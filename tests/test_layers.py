@@ -24,7 +24,7 @@ from conftest import ROOT
 PACKAGES = ("c3a", "runners", "hydra_plugins")
 HEAVY = {"torch", "transformers", "peft"}
 ANALYSIS = "runners.analysis"
-ENTRY_POINTS = ("runners.table", "runners.plan", "runners.pilot")  # thin: `python -m` runs them
+ENTRY_POINTS = ("runners.table", "runners.plan", "runners.pilot", "runners.report")  # thin: `python -m` runs them
 
 
 def module_name(path: Path) -> str:
@@ -171,7 +171,7 @@ def test_the_torch_free_modules_import_no_torch_when_run(tmp_path: Path) -> None
     code = f"""
 import contextlib, importlib, io, json, sys
 for name in ["runners.analysis.table", "runners.table", "runners.pilot", "runners.plan", "runners.analysis.plan",
-             "runners.sweep", "runners.config", "runners.checks", "runners.failure", "run"]:
+             "runners.sweep", "runners.config", "runners.checks", "runners.failure", "run", "runners.report"]:
     importlib.import_module(name)
 from runners.analysis import pilot, plan, table
 with contextlib.redirect_stdout(io.StringIO()):

@@ -67,6 +67,7 @@ class TableLayout:
     paper_note: str | None
     notes: tuple[str, ...]
     source: Path
+    contrasts: tuple[tuple[str, str], ...] = ()  # (A, B) method pairs the results page plots A - B of
 
     @property
     def tasks(self) -> list[str]:
@@ -181,8 +182,14 @@ def load_layout(name_or_path: str | Path = DEFAULT_LAYOUT) -> TableLayout:
     paper_columns = {str(k): str(v) for k, v in (paper.get("columns") or {}).items()}
     if unknown := [k for k in paper_columns if k not in (*keys, "params", "memory_gb", "avg")]:
         raise HarnessError(f"{where}: paper.columns names no column of ours: {', '.join(unknown)}")
+    contrasts = []
+    for i, pair in enumerate(data.get("contrasts") or []):
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise HarnessError(f"{where}: contrasts[{i}]: a pair of methods [A, B], got {pair!r}")
+        contrasts.append((str(pair[0]), str(pair[1])))
     return TableLayout(name=path.stem, stem=str(_need(data, "stem", where)), columns=tuple(columns),
                   extras=tuple(extras), models=models, rows=tuple(rows), other_rows=bool(data.get("other_rows", True)),
                   average=over, average_label=(str(avg.get("md", "Avg")), str(avg.get("tex", "Avg."))),
                   paper_file=ROOT / paper["file"] if paper.get("file") else None, paper_columns=paper_columns,
-                  paper_note=paper.get("note"), notes=tuple(data.get("notes") or ()), source=path)
+                  paper_note=paper.get("note"), notes=tuple(data.get("notes") or ()), source=path,
+                  contrasts=tuple(contrasts))

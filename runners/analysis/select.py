@@ -50,6 +50,7 @@ class Cell:
     settings: int      # how many settings competed
     staged: bool       # chosen among the settings of a staged search's stage 2
     values: dict[str, dict[int, float]] = field(default_factory=dict)
+    runs: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)  # its records, one per seed
 
     def n(self, key: str) -> int:
         return len(self.values.get(key, {}))
@@ -190,7 +191,8 @@ def select_cells(records: list[dict[str, Any]], layout: TableLayout) -> list[Cel
                 warnings.warn(f"{where}: no {column.set}/{column.metric} in the selected runs' records "
                               f"(column {column.key} left empty)", TableWarning, stacklevel=2)
         out.append(Cell(model, method, task, runs[0]["lr"], runs[0]["lr_head"], runs[0].get("protocol", "?"),
-                        statistics.fmean(r["selected"]["validation"] for r in runs), len(groups), staged, values))
+                        statistics.fmean(r["selected"]["validation"] for r in runs), len(groups), staged, values,
+                        tuple(runs)))
     return out
 
 

@@ -69,6 +69,16 @@ def difference(a: dict[int, float], b: dict[int, float]) -> Difference:
     return Difference(mean, low, high, n, "Welch t")
 
 
+def interval(values: dict[int, float]) -> Difference:
+    """The mean of one cell's per-seed scores with its 95% interval (one-sample t: its difference from 0)."""
+    return difference(values, dict.fromkeys(values, 0.0))
+
+
+def average_interval(cells: list[dict[int, float]]) -> Difference:
+    """The mean over several tasks' cells with its 95% interval (the average's difference from 0)."""
+    return average_difference([(c, dict.fromkeys(c, 0.0)) for c in cells])
+
+
 def average_difference(pairs: list[tuple[dict[int, float], dict[int, float]]]) -> Difference:
     """A - B over the average of several tasks; `pairs` holds (A, B) per-seed scores per task."""
     seed_sets = {frozenset(s) for a, b in pairs for s in (a, b)}

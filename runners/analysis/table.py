@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pandas as pd
 from runners.analysis.columns import DEFAULT_LAYOUT, TableLayout, available, load_layout
 from runners.analysis.render import compare, compare_text, to_latex, to_markdown
 from runners.analysis.select import FAILURE_KEYS, Table, TableWarning, build_table, failures, load_records
-from runners.analysis.stats import average_difference, difference
+from runners.analysis.stats import Difference, average_difference, difference
 from runners.errors import HarnessError
 
 
@@ -47,21 +48,31 @@ def run_time_line(records: list[dict[str, Any]]) -> str:
     return f"{len(runs)} finished train runs, {hours:.1f} h of run time (the sum of their wall_time_s; on {devices})"
 
 
-def contrast_lines(table: Table, a: str, b: str) -> list[str]:
+@dataclass(frozen=True)
+class Contrast:
+    """A - B on one model, for one task column (`column` is its key) or over the layout's average (`avg`)."""
+
+    column: str
+    name: str          # the line's name: the task, with its set when the task has several columns
+    model: str
+    diff: Difference
+    over: str = ""     # the average's note: the columns it took, and the ones left out
+
+
+def contrasts(table: Table, a: str, b: str) -> list[Contrast]:
     """Per task column and model holding both: A - B with its interval; then over the layout's average.
 
-    The average line takes the average's columns where both rows have a cell (a task without
+    The average takes the average's columns where both rows have a cell (a task without
     training data leaves the rest comparable) and names the columns it left out."""
     layout, cells = table.layout, table.cells
     models = list(dict.fromkeys(m for m, _, _ in cells))
-    lines = []
+    out = []
     for column in layout.columns:
         name = column.task if len(layout.columns_of(column.task)) == 1 else f"{column.task} ({column.set})"
         for model in models:
             ca, cb = cells.get((model, a, column.task)), cells.get((model, b, column.task))
             if ca and cb and ca.values.get(column.key) and cb.values.get(column.key):
-                d = difference(ca.values[column.key], cb.values[column.key])
-                lines.append(f"{name}: {model}: {a} - {b} = {d.text()}")
+                out.append(Contrast(column.key, name, model, difference(ca.values[column.key], cb.values[column.key])))
     for model in models:
         pairs, missing = [], []
         for key in layout.average:
@@ -74,8 +85,14 @@ def contrast_lines(table: Table, a: str, b: str) -> list[str]:
         if pairs:  # over the average's columns both rows have; the ones left out are named
             over = [k for k in layout.average if k not in missing]
             gaps = f"; no cells of both for {', '.join(missing)}" if missing else ""
-            lines.append(f"avg: {model}: {a} - {b} = {average_difference(pairs).text()} (over {', '.join(over)}{gaps})")
-    return lines
+            out.append(Contrast("avg", "avg", model, average_difference(pairs), f"over {', '.join(over)}{gaps}"))
+    return out
+
+
+def contrast_lines(table: Table, a: str, b: str) -> list[str]:
+    """`python -m runners.table --contrast A B`'s lines: one per Contrast."""
+    return [f"{c.name}: {c.model}: {a} - {b} = {c.diff.text()}" + (f" ({c.over})" if c.over else "")
+            for c in contrasts(table, a, b)]
 
 
 def main(argv: list[str] | None = None) -> int:
