@@ -129,12 +129,12 @@ class _BlockCircular(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):  # a backward run under autocast
-            return _BlockCircular._backward(ctx, *grads)
+        x_f, w_f = ctx.saved_tensors  # once: checkpointing lets saved tensors be unpacked once only
+        with torch.autocast(x_f.device.type, enabled=False):  # a backward run under autocast
+            return _BlockCircular._backward(ctx, x_f, w_f, *grads)
 
     @staticmethod
-    def _backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
-        x_f, w_f = ctx.saved_tensors
+    def _backward(ctx, x_f: Tensor, w_f: Tensor, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         shape, x_dtype, w_dtypes, ms, reference_grad = ctx.meta
         n = w_f.shape[1]
         p = shape[-1] // n
