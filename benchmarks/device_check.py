@@ -1,10 +1,10 @@
 """The measurements of benchmarks/device_check.sh that are not a command of their own; each
-prints one JSON object last and writes it to --out.
+prints one line `WHAT {json}` and writes it to --out.
 
-    python benchmarks/device_check.py syncs   --out F [--smoke]   # host syncs in the step
-    python benchmarks/device_check.py ratios  --out F [--smoke]   # step time per method / LoRA
-    python benchmarks/device_check.py concurrency --out F --jobs 1 2 4 [--smoke]
-    python benchmarks/device_check.py resume  --out F [--smoke]   # kill, relaunch, compare
+    python benchmarks/device_check.py syncs  --work DIR [--smoke]   # host syncs in the step
+    python benchmarks/device_check.py ratios --work DIR [--smoke]   # step time per method / LoRA
+    python benchmarks/device_check.py concurrency --work DIR --jobs 1 2 4 [--smoke]
+    python benchmarks/device_check.py resume --work DIR [--smoke]   # kill, relaunch, compare
 
 On CUDA the model is the named one with random weights (model.pretrained=false); `--smoke`
 makes every measurement tiny (2-layer RoBERTa, short inputs, few steps) so the whole check
@@ -45,8 +45,6 @@ def compose(*overrides: str):
 
 def step_of(method: str, smoke: bool, precision: str):
     """The runner's step (runners.train.Step) for roberta-base, random weights, `method`."""
-    import torch
-
     from runners.job import adapted_model, device_of
     from runners.train import Step
 
@@ -81,7 +79,7 @@ def syncs(args: argparse.Namespace) -> dict:
 
     out = {}
     for method in ("lora", "c3a_b6", "qgoft"):
-        for precision in ("fp32", "bf16"):
+        for precision in ("bf16",) if args.smoke else ("fp32", "bf16"):
             step, vocab, device = step_of(method, args.smoke, precision)
             b = batch(vocab, 4 if args.smoke else 32, 32 if args.smoke else 128)
             step(b)  # warm-up: lazy initialisation (cuBLAS handles, optimizer state) may sync once
@@ -105,9 +103,9 @@ def syncs(args: argparse.Namespace) -> dict:
 def ratios(args: argparse.Namespace) -> dict:
     """Step time of each method over its reference, at the paper's 64 x 256, interleaved round
     by round (median of per-round ratios), fp32 and bf16."""
-    size, length, rounds = (4, 32, 3) if args.smoke else (64, 256, 10)
+    size, length, rounds = (4, 32, 2) if args.smoke else (64, 256, 10)
     out = {}
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32",) if args.smoke else ("fp32", "bf16"):
         steps, times = {}, {}
         for method in {*RATIOS, *RATIOS.values()}:
             step, vocab, device = step_of(method, args.smoke, precision)
@@ -124,7 +122,8 @@ def ratios(args: argparse.Namespace) -> dict:
                 times[method].append(time.perf_counter() - start)
         out[precision] = {
             "step_ms": {m: 1000 * statistics.median(t) for m, t in times.items()},
-            **{f"{m}/{ref}": statistics.median(a / b for a, b in zip(times[m], times[ref])) for m, ref in RATIOS.items()},
+            **{f"{m}/{ref}": statistics.median(a / b for a, b in zip(times[m], times[ref]))
+               for m, ref in RATIOS.items()},
         }
         del steps
     return {"batch": size, "length": length, "rounds": rounds, **out}
@@ -151,9 +150,10 @@ def concurrency(args: argparse.Namespace) -> dict:
 
     from runners.config import minilm_path
 
-    work = Path(args.work)
+    work = args.work / "runs"
+    # MiniLM's tokenizer marks a pair's second sentence with token type 1: RoBERTa gets a second type
     model = ["model=roberta-base", "model.pretrained=false", f"model.local_dir={minilm_path()}",
-             *(TINY if args.smoke else [])]
+             "model.config.type_vocab_size=2", *(TINY if args.smoke else [])]
     sizes = ["data.max_train_samples=64", "data.max_eval_samples=32", "data.max_seq_len=64"] if args.smoke else []
     out = {}
     for n in args.jobs:
@@ -177,11 +177,11 @@ def concurrency(args: argparse.Namespace) -> dict:
 def resume(args: argparse.Namespace) -> dict:
     """The offline MiniLM (pretrained) on RTE, killed (SIGKILL) after its second checkpoint and
     relaunched, against the same run uninterrupted; records compared key by key."""
-    work = Path(args.work)
+    work = args.work / "runs"
     sizes = ["data.max_train_samples=96", "data.max_eval_samples=32", "data.max_seq_len=32", "trainer.max_steps=12",
              "trainer.eval_every_steps=4", "trainer.batch_size=16"] if args.smoke else [
-             "data.max_train_samples=1280", "data.max_seq_len=128", "trainer.max_steps=40", "trainer.eval_every_steps=10",
-             "trainer.batch_size=32"]
+             "data.max_train_samples=1280", "data.max_seq_len=128", "trainer.max_steps=40",
+             "trainer.eval_every_steps=10", "trainer.batch_size=32"]
     args_ = ["model=minilm", "task=rte", "method=lora", *sizes, "trainer.checkpoint.every_steps=2"]
     ref = subprocess.Popen(run_py(*args_, results=work / "resume_ref"), cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, text=True)
@@ -214,15 +214,15 @@ def resume(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["syncs", "ratios", "concurrency", "resume"])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--work", default=str(ROOT / "results" / "device_check"), help="run records go here")
+    parser.add_argument("what", nargs="+", choices=["syncs", "ratios", "concurrency", "resume"])
+    parser.add_argument("--work", type=Path, required=True, help="the result and the runs' records go here")
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--smoke", action="store_true", help="tiny, on the CPU: the code paths, not the speed")
     args = parser.parse_args()
-    result = {"syncs": syncs, "ratios": ratios, "concurrency": concurrency, "resume": resume}[args.what](args)
-    args.out.write_text(json.dumps(result, indent=1, default=str))
-    print(json.dumps(result, default=str))
+    for what in args.what:  # in one process: each costs the imports once
+        result = {"syncs": syncs, "ratios": ratios, "concurrency": concurrency, "resume": resume}[what](args)
+        (args.work / f"{what}.json").write_text(json.dumps(result, indent=1, default=str))
+        print(what, json.dumps(result, default=str), flush=True)
 
 
 if __name__ == "__main__":
