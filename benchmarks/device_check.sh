@@ -11,7 +11,7 @@
 #   run(command="bash benchmarks/device_check.sh $OUT", carry=[".device"], timeout_s=330)
 # DEVICE_CHECK_SMOKE=1: every section tiny, on this CPU, with this machine's packages (about 25 s
 # of CPU time; under 60 s on 2 idle cores; tests/test_device_check.py): the code paths, not the numbers.
-#   syncs        steps under torch.cuda.set_sync_debug_mode("error"): no host sync in the step
+#   syncs        steps under torch.cuda.set_sync_debug_mode("warn"): host syncs in the step, counted
 #   ratios       step time C3A b=1, b=6 / LoRA and qGOFT / LoRA r=2, RoBERTa-base 64 x 256, fp32 and bf16
 #   resume       a run killed (SIGKILL) after a checkpoint and relaunched vs the same run uninterrupted
 #   concurrency  aggregate throughput of 1, 2 and 4 MRPC-size jobs at once on one GPU

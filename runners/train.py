@@ -57,7 +57,8 @@ def compiled(model: torch.nn.Module) -> torch.nn.Module:
     """`model` compiled for training with static shapes: one graph per (batch size, bucketed
     length) pair (runners.data.loader pads lengths to `trainer.compile_bucket`), so recompiles
     are bounded by the buckets; the limit is raised so none of them falls back to eager."""
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    config = torch._dynamo.config  # cache_size_limit: recompile_limit's name before torch 2.6, an alias since
+    config.cache_size_limit = max(config.cache_size_limit, RECOMPILE_LIMIT)
     return torch.compile(model, dynamic=False)
 
 
