@@ -9,8 +9,8 @@
 # On the device machine it needs the kit of sweeps/device.sh (packages, GLUE TSVs, MiniLM):
 #   bash sweeps/device.sh pack                      # here, once
 #   run(command="bash benchmarks/device_check.sh $OUT", carry=[".device"], timeout_s=330)
-# DEVICE_CHECK_SMOKE=1: every section tiny, on this CPU, with this machine's packages (about 25 s
-# of CPU time; under 60 s on 2 idle cores; tests/test_device_check.py): the code paths, not the numbers.
+# DEVICE_CHECK_SMOKE=1: every section tiny, on this CPU, with this machine's packages
+# (tests/test_device_check.py; docs/device.md gives its cost): the code paths, not the numbers.
 #   syncs        steps under torch.cuda.set_sync_debug_mode("warn"): host syncs in the step, counted
 #   ratios       step time C3A b=1, b=6 / LoRA and qGOFT / LoRA r=2, RoBERTa-base 64 x 256, fp32 and bf16
 #   resume       a run killed (SIGKILL) after a checkpoint and relaunched vs the same run uninterrupted
@@ -61,9 +61,7 @@ section() {
 
 CHECK=(python3 benchmarks/device_check.py --work "$WORK" "${SM[@]}")
 if [ "$SMOKE" = 1 ]; then  # only the whole budget cuts a section off: the code paths are the point
-    section syncs_ratios "$BUDGET" "${CHECK[@]}" syncs ratios
-    section resume "$BUDGET" "${CHECK[@]}" resume
-    section concurrency "$BUDGET" "${CHECK[@]}" concurrency --jobs 1 2
+    section checks "$BUDGET" "${CHECK[@]}" syncs ratios resume concurrency --jobs 1 2  # one process: imports once
     section runner_vs_trainer "$BUDGET" python3 benchmarks/bench_runner.py --methods lora --rounds 1 --steps 2 \
         --threads 1 --json "$WORK/runner_vs_trainer.json"
 else

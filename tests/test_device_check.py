@@ -27,7 +27,7 @@ def test_device_check_smoke_runs_every_section_into_one_tarball(tmp_path: Path) 
     with tarfile.open(tmp_path / "out" / "device_check.tar.gz") as tar:
         tar.extractall(tmp_path / "x", filter="data")
     summary = (tmp_path / "x" / "summary.txt").read_text()
-    sections = ["syncs_ratios", "resume", "concurrency", "runner_vs_trainer"]
+    sections = ["checks", "runner_vs_trainer"]
     for name in sections:
         assert f"{name}: ok" in summary, summary
     if (ROOT / "runners" / "calibrate.py").exists():
