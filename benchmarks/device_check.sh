@@ -33,6 +33,7 @@ if [ "$SMOKE" = 1 ]; then
 else
     SM=()
     source sweeps/device.sh && kit_env
+    set +e  # device.sh sets -e: a failed section must not end the check
 fi
 : "${GLUE_DIR:?GLUE_DIR: the GLUE TSVs (the kit sets it)}"
 export HARNESS_CACHE=$WORK/cache
@@ -76,7 +77,7 @@ fi
 # order (what the budget leaves is skipped and said so in summary.txt; docs/device.md says
 # which numbers are then extrapolated): the tables' base model in both precisions first.
 if python3 -c "import runners.calibrate" 2>/dev/null; then
-    tok="model.local_dir=$MINILM_DIR"  # MiniLM's tokenizer: a proxy for each model's own
+    tok="model.local_dir=${MINILM_DIR:-}"  # MiniLM's tokenizer: a proxy for each model's own
     rt=model.config.type_vocab_size=2   # RoBERTa reads MiniLM's token types (1: a pair's second sentence)
     if [ "$SMOKE" = 1 ]; then
         cals=("device_check_smoke model=roberta-base method=lora $rt model.config.num_hidden_layers=2 \
