@@ -108,7 +108,7 @@ def test_cpu_fp32_step_is_the_plain_adamw_step(glue_dir: Path, cache_dir: Path) 
 
 @pytest.mark.needs_glue
 def test_bf16_trains_fp32_weights_close_to_fp32(glue_dir: Path, cache_dir: Path) -> None:
-    """~6 s: trainer.precision=bf16 with C3A (block 8: the operator's mixing path) on the CPU
+    """~2 s: trainer.precision=bf16 with C3A (block 8: the operator's mixing path) on the CPU
     ends with fp32 parameters and a loss history close to the fp32 run's (bf16 rounding)."""
     c3a = ("method=c3a", "method.block_size=8", "method.blocks=null")
     ref, _ = trained(tiny(*c3a), glue_dir, cache_dir)
@@ -120,7 +120,7 @@ def test_bf16_trains_fp32_weights_close_to_fp32(glue_dir: Path, cache_dir: Path)
 
 @pytest.mark.needs_glue
 def test_grad_accum_gives_the_unsplit_batchs_history(glue_dir: Path, cache_dir: Path) -> None:
-    """~6 s: trainer.grad_accum_steps=3 splits batches of 8 into 3, 3 and 2 examples (and the
+    """~2 s: trainer.grad_accum_steps=3 splits batches of 8 into 3, 3 and 2 examples (and the
     last batch of 4 into 2, 1, 1); the loss weighted by examples gives the unsplit batch's
     history and parameters up to float summation order. No dropout: the micro-batches would
     draw other masks."""
@@ -154,11 +154,11 @@ def test_gradient_checkpointing_gives_the_same_numbers(method: tuple[str, ...], 
 @pytest.mark.needs_glue
 def test_compiled_training_agrees_with_eager_in_bounded_graphs(glue_dir: Path, cache_dir: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """~60 s (inductor's C++ compiles): trainer.compile=true with lengths bucketed to multiples of
-    16 (at most 32 tokens: 2 lengths) trains as the eager run, train loss within 1e-4 relative
-    (padding and fused kernels round differently), and compiles at most two graphs per (batch
-    size, bucketed length) pair it meets, whatever the number of batches. No dropout: compiled dropout
-    draws other masks."""
+    """70-150 s cold, 15-40 s with inductor's on-disk cache warm: trainer.compile=true with
+    lengths bucketed to multiples of 16 (at most 32 tokens: 2 lengths) trains as the eager run,
+    train loss within 1e-4 relative (padding and fused kernels round differently), and compiles
+    at most two graphs per (batch size, bucketed length) pair it meets, whatever the number of
+    batches. No dropout: compiled dropout draws other masks."""
     from torch._dynamo.utils import counters
 
     from runners import train
