@@ -19,6 +19,11 @@ absolute examples/s.
     python benchmarks/bench_runner.py                    # all methods
     python benchmarks/bench_runner.py --quick            # lora, c3a_b6, qgoft and the peers
     python benchmarks/bench_runner.py --rounds 7 --steps 80 --threads 2 --json out.json
+    python benchmarks/bench_runner.py --device cuda --precision bf16 --methods lora   # a GPU
+
+On CUDA both sides run at their best: this runner as configured (fused AdamW, pinned
+batches), the Trainer with `bf16` (when --precision bf16), `optim="adamw_torch_fused"` and
+pinned memory; the step hook synchronizes the device on both sides, so a stamp is a step's end.
 """
 
 from __future__ import annotations
@@ -46,15 +51,16 @@ WARMUP = 2  # untimed optimizer steps at the start of every measurement
 ROUNDS, STEPS = 5, 60
 
 
-def overrides(method: str, total: int) -> list[str]:
+def overrides(method: str, total: int, device: str = "cpu", precision: str = "fp32") -> list[str]:
     glue = os.environ.get("GLUE_DIR", str(ROOT.parent / "shared" / "glue"))
     return [f"method={method}", "task=sst2", f"data.dir={glue}", f"data.max_train_samples={BATCH * total}",
             "data.max_eval_samples=16", f"data.max_seq_len={MAX_LEN}", f"trainer.batch_size={BATCH}",
             f"trainer.max_steps={total}", f"trainer.lr={LR}", f"trainer.lr_head={LR}", "trainer.progress=false",
-            f"data.cache_dir={ROOT / '.cache' / 'bench'}"]
+            f"data.cache_dir={ROOT / '.cache' / 'bench'}", f"trainer.device={device}",
+            f"trainer.precision={precision}"]
 
 
-def worker(kind: str, method: str, steps: int, threads: int) -> dict:
+def worker(kind: str, method: str, steps: int, threads: int, device: str = "cpu", precision: str = "fp32") -> dict:
     """One measurement (run in a fresh process): WARMUP + `steps` optimizer steps, one epoch."""
     import torch
     from hydra import compose, initialize_config_dir
@@ -70,12 +76,14 @@ def worker(kind: str, method: str, steps: int, threads: int) -> dict:
     total = WARMUP + steps
     register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        cfg = compose("config", overrides=overrides(method, total))
+        cfg = compose("config", overrides=overrides(method, total, device, precision))
     tokenizer = build_tokenizer(cfg.model)
     data, _ = prepare(cfg, tokenizer)
-    device = torch.device("cpu")
+    cuda = device == "cuda"
+    device = torch.device(device)
     stamps: list[float] = []  # the end of every optimizer step, whoever drives the optimizer
-    register_optimizer_step_post_hook(lambda *_: stamps.append(time.perf_counter()))
+    register_optimizer_step_post_hook(lambda *_: (torch.cuda.synchronize() if cuda else None,
+                                                  stamps.append(time.perf_counter())))
     peak = PeakMemory(device)
     if kind == "ours":
         from runners.train import train
@@ -99,7 +107,8 @@ def worker(kind: str, method: str, steps: int, threads: int) -> dict:
         args = TrainingArguments(
             output_dir=str(ROOT / ".cache" / "bench_trainer"), per_device_train_batch_size=BATCH, max_steps=total,
             learning_rate=LR, warmup_steps=0.06, lr_scheduler_type="linear", weight_decay=0.0,
-            eval_strategy="no", save_strategy="no", report_to=[], logging_steps=10**6, use_cpu=True,
+            eval_strategy="no", save_strategy="no", report_to=[], logging_steps=10**6, use_cpu=not cuda,
+            bf16=precision == "bf16", optim="adamw_torch_fused" if cuda else "adamw_torch",
             seed=cfg.seed, disable_tqdm=True,
             train_sampling_strategy="group_by_length" if kind == "trainer_grouped" else "random",
         )
@@ -115,8 +124,8 @@ def worker(kind: str, method: str, steps: int, threads: int) -> dict:
             "threads": torch.get_num_threads(), **peak.read()}
 
 
-def measure(kind: str, method: str, steps: int, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, method, str(steps), str(threads)]
+def measure(kind: str, method: str, steps: int, threads: int, device: str, precision: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, method, str(steps), str(threads), device, precision]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
@@ -170,11 +179,15 @@ def main() -> None:
                         help=f"timed optimizer steps per measurement, after {WARMUP} warmup steps (default {STEPS})")
     parser.add_argument("--threads", type=int, help="torch threads in every measurement (default: torch's default)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write settings, every round and the summary")
-    parser.add_argument("--worker", nargs=4, metavar=("KIND", "METHOD", "STEPS", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument("--methods", nargs="+", choices=METHODS,
+                        help="this runner's methods, lora among them (default: all, or --quick's)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        kind, method, steps, threads = args.worker
-        print(json.dumps(worker(kind, method, int(steps), int(threads))))
+        kind, method, steps, threads, device, precision = args.worker
+        print(json.dumps(worker(kind, method, int(steps), int(threads), device, precision)))
         return
     if args.rounds < 1 or args.steps < 1:
         parser.error("--rounds and --steps must be at least 1")
@@ -182,18 +195,18 @@ def main() -> None:
         import torch
 
         args.threads = torch.get_num_threads()
-    methods = QUICK if args.quick else METHODS
+    methods = args.methods or (QUICK if args.quick else METHODS)
     configs = [("ours", m) for m in methods] + [(k, "lora") for k in PEERS]
     settings = {"model": "minilm", "task": "sst2", "batch": BATCH, "max_len": MAX_LEN, "warmup_steps": WARMUP,
                 "steps": args.steps, "rounds": args.rounds, "threads": args.threads, "methods": methods,
-                "load_average_at_start": load_average()}
+                "device": args.device, "precision": args.precision, "load_average_at_start": load_average()}
     print(f"MiniLM (offline), SST-2 rows, batch {BATCH}, max len {MAX_LEN}; {WARMUP} warmup + {args.steps} timed "
           f"steps per measurement; {args.rounds} interleaved rounds of {len(configs)} configurations; "
           f"torch threads {args.threads}; load average at start {settings['load_average_at_start']}", flush=True)
     start, rounds = time.perf_counter(), []
     for r in range(args.rounds):
         order = round_order(configs, r, args.rounds)
-        results = {label(c): measure(*c, args.steps, args.threads) for c in order}
+        results = {label(c): measure(*c, args.steps, args.threads, args.device, args.precision) for c in order}
         rounds.append({"order": [label(c) for c in order], "results": results})
         print(f"round {r + 1}/{args.rounds} ({time.perf_counter() - start:.0f} s), examples/s: "
               + ", ".join(f"{c} {x['examples_per_s']:.1f}" for c, x in results.items()), flush=True)

@@ -114,7 +114,10 @@ class C3ALinear(nn.Module):
         out = self.base_layer(x)
         if self.merged:
             return out
-        delta = self.shared_input.delta(self, x) if self.shared_input else block_circular(
+        # torch.compile: each layer on its own (the group's bookkeeping of inputs and pending deltas
+        # would break the graph; inductor may still fuse what the shared call saves)
+        shared = self.shared_input is not None and not torch.compiler.is_compiling()
+        delta = self.shared_input.delta(self, x) if shared else block_circular(
             x, self.scaled_kernel(), self.reference_grad)
         return out + delta.to(out.dtype)
 

@@ -95,6 +95,9 @@ class _BlockCircular(torch.autograd.Function):
     of kernels (query and value of an attention block, see `c3a.c3a_layer.SharedInput`).
     One block per input (n = 1, C3A "b=1") needs no mixing, only broadcast products.
 
+    Computed in float32 (float64 for float64 inputs) under any autocast: the spectra and the
+    per-frequency mixing products would lose most of their digits in bf16/fp16.
+
     Saves the input's spectrum (frequency-major when n > 1), not x: the backward then needs
     neither an FFT of x nor a transpose. In float32 the spectrum is (p + 2) / p times the size
     of x, so shared kernels save about what LoRA does (x, once); bf16/fp16 inputs save twice
@@ -103,6 +106,11 @@ class _BlockCircular(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, reference_grad: bool, *kernels: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        with torch.autocast(x.device.type, enabled=False):  # autocast would run the mixing bmm in bf16/fp16
+            return _BlockCircular._forward(ctx, x, reference_grad, *kernels)
+
+    @staticmethod
+    def _forward(ctx, x: Tensor, reference_grad: bool, *kernels: Tensor) -> tuple[Tensor, ...]:
         n, p = kernels[0].shape[1:]
         ms = [w.shape[0] for w in kernels]
         dtype = _compute_dtype(x, *kernels)
@@ -121,7 +129,12 @@ class _BlockCircular(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x_f, w_f = ctx.saved_tensors
+        x_f, w_f = ctx.saved_tensors  # once: checkpointing lets saved tensors be unpacked once only
+        with torch.autocast(x_f.device.type, enabled=False):  # a backward run under autocast
+            return _BlockCircular._backward(ctx, x_f, w_f, *grads)
+
+    @staticmethod
+    def _backward(ctx, x_f: Tensor, w_f: Tensor, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         shape, x_dtype, w_dtypes, ms, reference_grad = ctx.meta
         n = w_f.shape[1]
         p = shape[-1] // n

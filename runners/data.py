@@ -81,11 +81,14 @@ def _tokenize(cfg: DictConfig, tokenizer, path: Path, splits: list[str]) -> tupl
     return ds, skipped if declared else None
 
 
-def loader(ds: Dataset, tokenizer, batch_size: int, train: bool, group_by_length: bool, seed: int) -> DataLoader:
-    """Dynamic padding per batch; for training, shuffled (optionally length-grouped) order."""
+def loader(ds: Dataset, tokenizer, batch_size: int, train: bool, group_by_length: bool, seed: int,
+           pin: bool = False, bucket: int | None = None) -> DataLoader:
+    """Dynamic padding per batch (to its longest row, or up to a multiple of `bucket`: a few
+    fixed lengths for a compiled model); for training, shuffled (optionally length-grouped)
+    order. `pin`: batches in pinned memory, for non_blocking copies to a CUDA device."""
     import torch
 
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=bucket, return_tensors="pt")
     ds = ds.with_format(columns=[c for c in ds.column_names if c != "labels"] + ["labels"])
     sampler = None
     generator = torch.Generator().manual_seed(seed)
@@ -99,4 +102,5 @@ def loader(ds: Dataset, tokenizer, batch_size: int, train: bool, group_by_length
         shuffle=train and sampler is None,
         generator=generator if train and sampler is None else None,
         collate_fn=collate,
+        pin_memory=pin,
     )

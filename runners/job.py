@@ -61,7 +61,12 @@ def device_of(cfg: DictConfig) -> torch.device:
     if want == "cuda" and not torch.cuda.is_available():
         raise HarnessError("trainer.device=cuda but no CUDA device is available")
     device = torch.device(want)
+    if device.type == "cuda" and cfg.trainer.gpu_memory_fraction:  # several runs sharing one GPU
+        torch.cuda.set_per_process_memory_fraction(cfg.trainer.gpu_memory_fraction, device)
     autocast_dtype(device, cfg.trainer.precision)  # the precision rules, before any data or model is loaded
+    if cfg.trainer.compile and cfg.data.max_seq_len % cfg.trainer.compile_bucket:
+        raise HarnessError(f"trainer.compile_bucket={cfg.trainer.compile_bucket} must divide "
+                           f"data.max_seq_len={cfg.data.max_seq_len} (padded lengths stay within it)")
     return device
 
 

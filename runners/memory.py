@@ -33,8 +33,9 @@ class PeakMemory:
         self.baseline = current_rss_bytes()
         self.valid = device.type == "cuda" or not PeakMemory._cpu_used
         PeakMemory._cpu_used |= device.type == "cpu"
-        if device.type == "cuda":
+        if device.type == "cuda":  # per process; an earlier job's cached blocks are released first
             torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
 
     def read(self) -> dict[str, float | str]:

@@ -24,6 +24,7 @@ from runners.lock import RunLock
 from runners.record import select
 
 LOSS_CHECK_EVERY = 20  # steps between host syncs that check the loss is finite
+RECOMPILE_LIMIT = 64  # trainer.compile: graphs per compiled model (buckets x batch sizes, with room)
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # trainer.precision (conf/checks.yaml)
 
 
@@ -47,46 +48,80 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
-def optimizer(adapted: Adapted, t: DictConfig) -> torch.optim.AdamW:
+def optimizer(adapted: Adapted, t: DictConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the method and head groups; fused on CUDA (one kernel for all parameters, the
+    same update up to rounding), torch's default implementation elsewhere."""
     groups = [
         {"params": adapted.method, "lr": t.lr, "weight_decay": t.weight_decay},
         {"params": adapted.method_no_decay, "lr": t.lr, "weight_decay": 0.0},
         {"params": adapted.head, "lr": t.lr_head, "weight_decay": t.weight_decay},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]])
+    fused = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW([g for g in groups if g["params"]], **fused)
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` compiled for training with static shapes: one graph per (batch size, bucketed
+    length) pair (runners.data.loader pads lengths to `trainer.compile_bucket`), so recompiles
+    are bounded by the buckets; the limit is raised so none of them falls back to eager."""
+    config = torch._dynamo.config  # cache_size_limit: recompile_limit's name before torch 2.6, an alias since
+    config.cache_size_limit = max(config.cache_size_limit, RECOMPILE_LIMIT)
+    return torch.compile(model, dynamic=False)
+
+
+def micro_batches(batch: Mapping[str, torch.Tensor], k: int) -> list[dict[str, torch.Tensor]]:
+    """`batch` split along its examples into at most `k` parts (the same rows, the same padding)."""
+    parts = [dict(zip(batch, split)) for split in zip(*(torch.tensor_split(v, k) for v in batch.values()))]
+    return [part for part in parts if len(part["labels"])]
 
 
 class Step:
     """One training step, the same wherever a step is taken (training, `mode=memory`, the
-    benchmarks that time a step): the forward pass under the precision's autocast plus the
-    method's regularizer, the backward pass through the gradient scaler (active for fp16),
-    optional gradient clipping, the optimizer, scaler and schedule steps, then zero_grad."""
+    benchmarks that time a step): per micro-batch (`accum` of them, the batch's examples split
+    in order), the forward pass under the precision's autocast plus the method's regularizer,
+    weighted by the micro-batch's share of the examples, and the backward pass through the
+    gradient scaler (active for fp16); then optional gradient clipping, the optimizer, scaler
+    and schedule steps, and zero_grad. The weights make the accumulated gradient the batch
+    mean's, as one unsplit batch gives (a weight of 1 is exact: accum=1 is the plain step).
+    Batches are moved with non_blocking copies (from pinned memory on CUDA); the step reads
+    nothing back to the host."""
 
     def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, device: torch.device,
                  precision: str = "fp32", regularizer: Callable[[], torch.Tensor | float] | None = None,
                  schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 max_grad_norm: float | None = None) -> None:
+                 max_grad_norm: float | None = None, accum: int = 1) -> None:
         self.model, self.optimizer, self.device, self.precision = model, opt, device, precision
         self.regularizer, self.schedule, self.max_grad_norm = regularizer, schedule, max_grad_norm
+        self.accum = accum
         self.scaler = torch.amp.GradScaler(enabled=precision == "fp16")
         self.params = [p for g in opt.param_groups for p in g["params"]]
 
     @classmethod
     def of(cls, adapted: Adapted, t: DictConfig, device: torch.device, total: int) -> Step:
         """The runner's step for `adapted` under `trainer` options `t`: AdamW with the method and
-        head groups, linear schedule over `total` steps after `t.warmup_ratio` of them."""
-        opt = optimizer(adapted, t)
+        head groups, linear schedule over `total` steps after `t.warmup_ratio` of them,
+        `t.grad_accum_steps` micro-batches per step; the model's own gradient checkpointing
+        (`t.gradient_checkpointing`) and `torch.compile` (`t.compile`) when asked for."""
+        if t.gradient_checkpointing:  # non-reentrant: frozen embeddings need no input gradients
+            adapted.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        opt = optimizer(adapted, t, device)
         schedule = get_linear_schedule_with_warmup(opt, math.ceil(t.warmup_ratio * total), total)
-        return cls(adapted.model, opt, device, t.precision, adapted.regularizer, schedule, t.max_grad_norm)
+        model = compiled(adapted.model) if t.compile else adapted.model
+        return cls(model, opt, device, t.precision, adapted.regularizer, schedule, t.max_grad_norm,
+                   t.grad_accum_steps)
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Train on `batch` (moved to the device); returns its detached loss."""
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        with autocast(self.device, self.precision):
-            loss = self.model(**batch).loss
-            if self.regularizer is not None:
-                loss = loss + self.regularizer()
-        self.scaler.scale(loss).backward()
+        examples, total = len(batch["labels"]), None
+        for part in micro_batches(batch, self.accum):
+            part = {k: v.to(self.device, non_blocking=True) for k, v in part.items()}
+            with autocast(self.device, self.precision):
+                loss = self.model(**part).loss
+                if self.regularizer is not None:
+                    loss = loss + self.regularizer()
+                loss = loss * (len(part["labels"]) / examples)
+            self.scaler.scale(loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
         if self.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
@@ -95,7 +130,7 @@ class Step:
         if self.schedule is not None:
             self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return total
 
     def state_dict(self) -> dict[str, Any]:
         schedule = self.schedule.state_dict() if self.schedule is not None else None
@@ -114,7 +149,7 @@ def evaluate(model: torch.nn.Module, batches, names: list[str], device: torch.de
     model.eval()
     outputs, labels = [], []
     for batch in batches:
-        batch = batch.to(device)
+        batch = batch.to(device, non_blocking=True)
         with autocast(device, precision):
             outputs.append(model(**batch).logits.float().cpu())
         labels.append(batch["labels"].cpu())
@@ -137,10 +172,11 @@ def train(
     t, metric = cfg.trainer, cfg.task.metric
     model = adapted.model.to(device)
     model.train()
-    train_dl = loader(data["train"], tokenizer, t.batch_size, True, t.group_by_length, cfg.seed)
+    pin, bucket = device.type == "cuda", t.compile_bucket if t.compile else None  # bucket: static shapes
+    train_dl = loader(data["train"], tokenizer, t.batch_size, True, t.group_by_length, cfg.seed, pin, bucket)
     first_test = task_test_sets(cfg.task)[0]  # the record's `test` float
     evals = {
-        split: loader(data[split], tokenizer, t.eval_batch_size, False, False, cfg.seed)
+        split: loader(data[split], tokenizer, t.eval_batch_size, False, False, cfg.seed, pin)
         for split in ("validation", *task_test_sets(cfg.task))
     }
     per_epoch, total, eval_every = schedule(len(data["train"]), t)

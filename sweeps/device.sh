@@ -17,7 +17,7 @@
 # one per core), BUDGET_S (run; seconds before the sweep is stopped so the records still come
 # back; default 480), DEVICE_INSTALL=0 (run; use the packages already installed).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 KIT=.device
 
 pack() {
@@ -48,7 +48,8 @@ EOF
     du -sh "$KIT"
 }
 
-run() {
+# The kit's packages, data and encoder in this shell (also `source`d by benchmarks/device_check.sh).
+kit_env() {
     if [ "${DEVICE_INSTALL:-1}" != 0 ]; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site "$KIT"/whl/*.whl
@@ -56,9 +57,13 @@ run() {
     fi
     export GLUE_DIR=$PWD/$KIT/glue HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
         WANDB_MODE=disabled PYTHONUNBUFFERED=1
+    export MINILM_DIR=$PWD/$KIT/minilm  # model=minilm reads the kit's copy (runners.config.minilm_path)
+}
+
+run() {
+    kit_env
     local jobs=${JOBS:-$(nproc)} out=${OUT:?OUT: where the records go back}
     touch "$KIT/started"
-    export MINILM_DIR=$PWD/$KIT/minilm  # model=minilm reads the kit's copy (runners.config.minilm_path)
     timeout -k 20 "${BUDGET_S:-480}" python3 run.py -m "$@" hydra/launcher=joblib hydra.launcher.n_jobs="$jobs" \
         || echo "sweep stopped (exit $?): the finished records still go back"
     # finished records only (runners.record.finished): a failed one must not replace anything here
@@ -68,6 +73,7 @@ print("\n".join(p for p in sys.stdin.read().split() if finished(Path(p))))' | ta
     echo "records back: $(tar tzf "$out/records.tar.gz" | wc -l)"
 }
 
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0  # sourced: the functions only
 case "${1:-}" in
     pack) pack ;;
     run) shift; run "$@" ;;

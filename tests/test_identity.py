@@ -65,6 +65,7 @@ def test_every_committed_record_is_found_by_its_relaunch() -> None:
     "model.family.head=[classifier]",
     "model.paper_row=roberta-large",  # steers presets; their values are in the config
     "trainer.num_threads=1", "trainer.checkpoint.every_steps=5", "model.local_dir=/elsewhere", "lock.refresh_s=1",
+    "trainer.gradient_checkpointing=true", "trainer.gpu_memory_fraction=0.3",  # same numbers (docs/device.md)
 ])
 def test_what_leaves_the_identity_unchanged(change: str) -> None:
     assert paths.record_path(compose(*BASE, change)) == paths.record_path(compose(*BASE))
@@ -75,6 +76,7 @@ def test_what_leaves_the_identity_unchanged(change: str) -> None:
     "protocol=dev_halves", "protocol.split_seed=1", "task.splits.test.tsv=other.tsv", "task.label_names=[1,0]",
     "task.metric=f1", "model.name_or_path=someone/other", "trainer.precision=bf16", "data.max_train_samples=100",
     "+trainer.new_option=0.1",        # a new option set away from off
+    "trainer.compile=true", "trainer.grad_accum_steps=2",  # other rounding (docs/device.md)
 ])
 def test_what_changes_the_identity(change: str) -> None:
     assert identity.identity(compose(*BASE, change)) != identity.identity(compose(*BASE))
