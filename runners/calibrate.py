@@ -177,11 +177,13 @@ def calibrate(name: str, configs: list[DictConfig], concurrency: int, steps: int
     threads = int(cfg.trainer.num_threads or torch.get_num_threads())
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(concurrency), ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(work, list(tasks.values()), threads, steps, budget_s, barrier, results))
-             for _ in range(concurrency)]
+    args = (work, list(tasks.values()), threads, steps, budget_s, barrier, results)
+    procs = [ctx.Process(target=worker, args=args) for _ in range(concurrency)] if concurrency > 1 else []
     for p in procs:
         p.start()
-    runs = [results.get() for _ in procs]
+    if not procs:  # one at a time: measured in this process
+        worker(*args)
+    runs = [results.get() for _ in range(concurrency)]
     for p in procs:
         p.join()
     head = {"name": name, "device": device_name(device), "device_type": device.type, "threads": threads,
