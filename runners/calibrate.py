@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per point after a warm-up (default 3)")
     parser.add_argument("--seconds", type=float, default=10.0, help="fewer steps past this many seconds a point")
     parser.add_argument("--out", type=Path, default=CALIBRATIONS, help=f"the folder (default {CALIBRATIONS})")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.concurrency < 1 or args.steps < 1:
         print("error: --concurrency and --steps must be at least 1", file=sys.stderr)
         return 1
