@@ -147,6 +147,7 @@ def worker(work: list[dict], prepares: list[dict], threads: int, steps: int, bud
     for item in work:
         barrier.wait()
         out["entries"].append(measure(item, steps, budget_s))
+        print(f"measured {item['config']['model']['name']}/{item['config']['method']['name']}", flush=True)
     for conf in prepares:
         barrier.wait()
         try:
