@@ -37,19 +37,12 @@ from runners.sweep import CONF
 
 STATS = CONF / "lengths"
 MEGABATCH = 50  # transformers' LengthGroupedSampler: megabatches of at most 50 batches
-_CACHE: dict[str, dict[str, np.ndarray]] = {}
+Batches = tuple[np.ndarray, np.ndarray]  # (rows, padded length) of each batch
+_CACHE: dict[str, tuple[Batches, list[Batches]]] = {}
 
 
 def split_lengths(cfg: DictConfig) -> dict[str, np.ndarray]:
     """{train, validation, <test sets>: token length of each row, in the order of the split's rows}."""
-    key = json.dumps([OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "protocol", "data")]
-                     + [cfg.model.name_or_path])
-    if key not in _CACHE:
-        _CACHE[key] = _split_lengths(cfg)
-    return _CACHE[key]
-
-
-def _split_lengths(cfg: DictConfig) -> dict[str, np.ndarray]:
     tokenizer = tokenizer_file(cfg.model) if cfg.data.dir is not None else None
     if tokenizer is not None:
         sets, _ = load_glue(cfg.task, cfg.data)
@@ -120,13 +113,25 @@ def padded(lengths: np.ndarray, batch: int, grouped: bool, shuffle: bool) -> tup
     return np.diff(np.append(starts, n)), np.maximum.reduceat(lengths, starts)
 
 
+def batches(cfg: DictConfig) -> tuple[Batches, list[Batches]]:
+    """(one epoch's training batches, each evaluation set's batches) of the run `cfg`: validation,
+    then the test sets."""
+    t = cfg.trainer
+    key = json.dumps([OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "protocol", "data")]
+                     + [cfg.model.name_or_path, t.batch_size, t.eval_batch_size, t.group_by_length])
+    if key not in _CACHE:
+        lengths = split_lengths(cfg)
+        _CACHE[key] = (padded(lengths["train"], int(t.batch_size), bool(t.group_by_length), True),
+                       [padded(lengths[s], int(t.eval_batch_size), False, False)
+                        for s in ("validation", *task_test_sets(cfg.task))])
+    return _CACHE[key]
+
+
 def batch_lengths(cfg: DictConfig) -> tuple[int, int]:
-    """(shortest, longest) padded batch length of the run `cfg`, training and evaluation: the
-    lengths a calibration for it must cover."""
-    t, lengths = cfg.trainer, split_lengths(cfg)
-    found = [padded(lengths["train"], int(t.batch_size), bool(t.group_by_length), True)[1]]
-    found += [padded(lengths[s], int(t.eval_batch_size), False, False)[1] for s in lengths if s != "train"]
-    both = np.concatenate(found)
+    """(shortest, longest) padded batch of the run `cfg`, training and evaluation: the lengths a
+    calibration for it must cover."""
+    train, evals = batches(cfg)
+    both = np.concatenate([train[1], *(length for _, length in evals)])
     return int(both.min()), int(both.max())
 
 

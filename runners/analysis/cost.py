@@ -4,7 +4,7 @@ A calibration (`python -m runners.calibrate NAME`, a JSON file in `results/calib
 (model, method), the measured seconds of the runner's training step and of an evaluation batch at a
 few (batch, length) points, and the time to build the adapted model; and the device, threads,
 concurrency and precision it was measured at. `estimate(cfg, calibration)` replays the run's
-batches: the training set's lengths (runners.analysis.lengths) batched as the runner batches them
+batches: the training set's lengths (runners.lengths) batched as the runner batches them
 (length-grouped megabatches, each batch padded to its longest row), the validation and test sets
 in their order, every evaluation point; each batch costs the calibrated time at its padded length
 (linear between the measured lengths), scaled by its rows over the calibrated batch.
@@ -20,8 +20,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from runners.errors import HarnessError
-from runners.glue import task_test_sets
-from runners.lengths import padded, split_lengths
+from runners.lengths import batches
 from runners.paths import CALIBRATIONS
 
 
@@ -78,15 +77,12 @@ def estimate(cfg: DictConfig, calibration: dict) -> float:
     if t.precision != calibration["precision"]:
         raise HarnessError(f"trainer.precision={t.precision} but calibration {calibration['name']!r} "
                            f"measured {calibration['precision']}")
-    b = int(t.eval_batch_size)
     e = entry(calibration, cfg.model.name, cfg.method.name)
-    lengths = split_lengths(cfg)
-    rows, length = padded(lengths["train"], int(t.batch_size), bool(t.group_by_length), True)
-    per_epoch = len(rows)
+    train, evals = batches(cfg)
+    per_epoch = len(train[0])
     total = int(t.max_steps) if t.max_steps else int(t.epochs) * per_epoch
-    train_s = seconds(e["train"], int(t.batch_size), rows, length) * total / per_epoch
-    evaluation_s = sum(seconds(e["eval"], b, *padded(lengths[s], b, False, False))
-                       for s in ("validation", *task_test_sets(cfg.task)))
+    train_s = seconds(e["train"], int(t.batch_size), *train) * total / per_epoch
+    evaluation_s = sum(seconds(e["eval"], int(t.eval_batch_size), *batch) for batch in evals)
     points = math.ceil(total / (t.eval_every_steps or per_epoch))
     return e["build_s"] + train_s + points * evaluation_s
 
