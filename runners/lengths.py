@@ -118,7 +118,7 @@ def batches(cfg: DictConfig) -> tuple[Batches, list[Batches]]:
     then the test sets."""
     t = cfg.trainer
     key = json.dumps([OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "protocol", "data")]
-                     + [cfg.model.name_or_path, t.batch_size, t.eval_batch_size, t.group_by_length])
+                     + [cfg.model.name_or_path, t.batch_size, t.eval_batch_size, t.group_by_length], sort_keys=True)
     if key not in _CACHE:
         lengths = split_lengths(cfg)
         _CACHE[key] = (padded(lengths["train"], int(t.batch_size), bool(t.group_by_length), True),
