@@ -1,7 +1,8 @@
-"""A plan's cost before launching it: python -m runners.plan PLAN [key=value ...]
+"""A plan's cost before launching it: python -m runners.plan [PLAN] [key=value ...]
 
 The runs that `python run.py -m +plan=PLAN [key=value ...]` would launch (the plan sweeper's own
-expansion, so the same filters and overrides apply), grouped by model, method and task, with the
+expansion, so the same filters and overrides apply; without PLAN, those of `python run.py -m
+key=value ...`), grouped by model, method and task, with the
 training examples each group processes; the last line is `runs: N, examples: M`. A run's
 examples are its training rows (after the protocol's validation carve and
 `data.max_train_samples`) times `trainer.epochs`, or `trainer.max_steps` x `trainer.batch_size`
@@ -39,7 +40,7 @@ from runners.glue import load_glue, split
 from runners.sweep import CONF, error_line, plan_jobs, split_args
 
 CELL = ["model", "method", "task"]
-USAGE = "python -m runners.plan PLAN [key=value ...] [--calibration NAME] [--json PATH]"
+USAGE = "python -m runners.plan [PLAN] key=value ... [--calibration NAME] [--json PATH]"
 _ROWS: dict[str, tuple[int, str | None]] = {}
 
 
@@ -141,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calibration")
     parser.add_argument("--json", type=Path)
     options, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    plan, overrides = split_args(rest)
-    if plan is None or plan.startswith("-"):
+    plan, overrides = split_args(rest)  # without PLAN: the runs of `run.py -m key=value ...`
+    if not rest or (plan or "").startswith("-"):
         print(f"usage: {USAGE}", file=sys.stderr)
         return 2
     register_resolvers()
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.json is not None:
         cells = table.assign(hours=table.get("hours"))[[*CELL, "runs", "examples", "hours"]]  # null: no calibration
         options.json.write_text(json.dumps(cells.to_dict("records"), indent=1) + "\n")
-    print(report(plan, table, notes, staged, calibration))
+    print(report(plan or "(the command line's runs)", table, notes, staged, calibration))
     return 0
 
 
