@@ -86,6 +86,15 @@ def main() -> int:
               f"Total over the plan's {int(cells.runs.sum())} runs: records {total_rec / 3600:.2f} h, estimate "
               f"{total_est / 3600:.2f} h, error {total_est / total_rec - 1:+.1%}; cells within 30%: {within} of "
               f"{len(cells)}; median |error| {cells.error.abs().median():.1%}, largest {cells.error.abs().max():.1%}."]
+    # Each method is measured at one moment: on a busy machine its level is off by that moment's
+    # load. With each method's common factor removed, what remains is the model's shape over tasks.
+    scale = (cells["median"] * cells.runs).groupby(cells.method).transform("sum") / \
+        (cells.estimate * cells.runs).groupby(cells.method).transform("sum")
+    shape = cells.estimate * scale / cells["median"] - 1
+    lines.append("Per method, estimate / records over its five tasks: "
+                 + ", ".join(f"{m} {1 / f:.2f}" for m, f in scale.groupby(cells.method).first().items())
+                 + f"; with each method's factor removed, the cells' errors are at most {shape.abs().max():.1%} "
+                 f"(median {shape.abs().median():.1%}).")
     if len(gaps):
         lines.append(f"Data preparation and job start-up, outside `wall_time_s`: median {np.median(gaps):.1f} s "
                      f"between one run's end and the next start in the records ({len(gaps)} runs; the tokenized "
