@@ -195,6 +195,7 @@ def calibrate(name: str, configs: list[DictConfig], concurrency: int, steps: int
     if path.is_file():  # same device and regime: keep what this call did not measure
         old = json.loads(path.read_text())
         if all(old.get(k) == v for k, v in head.items()):
+            command = f"{old['command']} && {command}"
             new = {(e["model"], e["method"]) for e in entries}
             entries = [e for e in old["entries"] if (e["model"], e["method"]) not in new] + entries
             new = {(p["model"], p["task"]) for p in prepares}
