@@ -28,12 +28,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from runners.config import register_resolvers
 from runners.errors import HarnessError
 from runners.glue import load_glue, read_tsv, split, subset, task_test_sets
-from runners.sweep import CONF
+from runners.sweep import CONF, error_line
 
 STATS = CONF / "lengths"
 MEGABATCH = 50  # transformers' LengthGroupedSampler: megabatches of at most 50 batches
@@ -177,8 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in missing:
                 stats[name] = {"rows": int(rows[name]), "percentiles": like["percentiles"]}
             note += f"; {', '.join(missing)}: no data here, lengths of {args.like} as a proxy, GLUE's row counts"
-    except (HarnessError, KeyError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (HarnessError, HydraException, OmegaConfBaseException, KeyError, OSError) as e:
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 1
     out = STATS / f"{args.task}.yaml"
     out.parent.mkdir(exist_ok=True)
