@@ -24,7 +24,9 @@ def read_tsv(path: Path, task: DictConfig, skip_malformed: bool = False) -> tupl
     if not path.is_file():
         raise HarnessError(f"GLUE file not found: {path}")
     spec = task.tsv
-    wanted = list(task.text_keys) + ["label"]
+    keys = list(task.text_keys)  # plain lists: OmegaConf's per-row access costs seconds on large files
+    names = None if task.label_names is None else list(task.label_names)
+    wanted = keys + ["label"]
     out: dict[str, list] = {k: [] for k in wanted}
     skipped = 0
     with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: MRPC starts with a BOM
@@ -45,21 +47,21 @@ def read_tsv(path: Path, task: DictConfig, skip_malformed: bool = False) -> tupl
                 continue
             if len(row) < width:
                 raise HarnessError(f"{path} line {line_no}: expected {width} tab-separated fields, got {len(row)}")
-            for k in task.text_keys:
+            for k in keys:
                 out[k].append(row[col[k]])
-            out["label"].append(_label(row[col["label"]], task, path, line_no))
+            out["label"].append(_label(row[col["label"]], names, path, line_no))
     return out, skipped
 
 
-def _label(raw: str, task: DictConfig, path: Path, line_no: int) -> int | float:
-    if task.label_names is None:
+def _label(raw: str, names: list[str] | None, path: Path, line_no: int) -> int | float:
+    if names is None:
         try:
             return float(raw)
         except ValueError:
             raise HarnessError(f"{path} line {line_no}: label {raw!r} is not a number") from None
-    if raw not in task.label_names:
-        raise HarnessError(f"{path} line {line_no}: label {raw!r} not in {list(task.label_names)}")
-    return list(task.label_names).index(raw)
+    if raw not in names:
+        raise HarnessError(f"{path} line {line_no}: label {raw!r} not in {names}")
+    return names.index(raw)
 
 
 def task_test_sets(task: DictConfig) -> list[str]:

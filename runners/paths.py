@@ -23,6 +23,8 @@ from omegaconf import DictConfig
 from runners.identity import identity
 
 CHECKPOINT_SUFFIX, MODEL_SUFFIX, LOCK_SUFFIX = ".ckpt", ".model", ".lock"
+# the device calibrations runners.calibrate writes and a plan's cost reads (docs/cost.md)
+CALIBRATIONS = Path(__file__).resolve().parents[1] / "results" / "calibrations"
 
 
 def record_name(cfg: DictConfig | dict[str, Any]) -> str:

@@ -165,7 +165,7 @@ def test_run_py_checks_options_before_importing_torch() -> None:
 def test_the_torch_free_modules_import_no_torch_when_run(tmp_path: Path) -> None:
     """Imported for real (one subprocess): the analysis floor, its entry points and run.py's
     import path; then a table, a contrast and the pilot's grid from committed records, and a
-    plan's cost (its rows read through runners.glue when GLUE_DIR is set)."""
+    plan's cost and hours (its rows read through runners.glue when GLUE_DIR is set)."""
     runs = ROOT / "results" / "minilm_glue" / "runs"
     pilot = ROOT / "results" / "minilm_glue" / "pilot"
     code = f"""
@@ -176,6 +176,7 @@ for name in ["runners.analysis.table", "runners.table", "runners.pilot", "runner
 from runners.analysis import pilot, plan, table
 with contextlib.redirect_stdout(io.StringIO()):
     assert plan.main(["minilm_glue", "task=rte,mrpc"]) == 0
+    assert plan.main(["minilm_glue", "task=rte,mrpc", "--calibration", "cpu"]) == 0  # the hours (runners.analysis.cost)
     assert table.main(["--layout", "minilm_glue", "--runs", {str(runs)!r}, "--out", {str(tmp_path)!r}]) == 0
     assert table.main(["--layout", "minilm_glue", "--runs", {str(runs)!r}, "--contrast", "c3a_b6", "lora"]) == 0
     assert pilot.main(["--runs", {str(pilot)!r}]) == 0

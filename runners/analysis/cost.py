@@ -1,0 +1,88 @@
+"""A run's predicted wall time from a calibration of the device (docs/cost.md).
+
+A calibration (`python -m runners.calibrate NAME`, a JSON file in `results/calibrations/`) holds, per
+(model, method), the measured seconds of the runner's training step and of an evaluation batch at a
+few (batch, length) points, and the time to build the adapted model; and the device, threads,
+concurrency and precision it was measured at. `estimate(cfg, calibration)` replays the run's
+batches: the training set's lengths (runners.lengths) batched as the runner batches them
+(length-grouped megabatches, each batch padded to its longest row), the validation and test sets
+in their order, every evaluation point; each batch costs the calibrated time at its padded length
+(linear between the measured lengths), scaled by its rows over the calibrated batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from runners.errors import HarnessError
+from runners.lengths import batches
+from runners.paths import CALIBRATIONS
+
+
+def calibration_names(folder: Path = CALIBRATIONS) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.json"))
+
+
+def load_calibration(name: str, folder: Path = CALIBRATIONS) -> dict:
+    """The calibration NAME in `folder` (or a path to a calibration file); an unknown name is an
+    error listing the calibrations there are."""
+    path = Path(name) if name.endswith(".json") else folder / f"{name}.json"
+    if not path.is_file():
+        there = ", ".join(calibration_names(folder)) or "none"
+        raise HarnessError(f"calibration {name!r} not found in {folder}; calibrations: {there} "
+                           "(make one: python -m runners.calibrate NAME, docs/cost.md)")
+    return json.loads(path.read_text())
+
+
+def matching_calibration(device: str, threads: int, folder: Path = CALIBRATIONS) -> dict | None:
+    """The calibration measured on this kind of device, or None: the first by name whose `device`
+    (the CPU model string or CUDA device name, as `runners.calibrate.device_name` gives it) and
+    `threads` (torch's CPU threads during the measurement) equal these."""
+    for name in calibration_names(folder):
+        cal = load_calibration(name, folder)
+        if cal["device"] == device and cal["threads"] == threads:
+            return cal
+    return None
+
+
+def seconds(points: list[dict], batch: int, rows: np.ndarray, length: np.ndarray) -> float:
+    """Total calibrated time of these batches: at the calibrated batch nearest `batch`, linear in
+    length between the measured lengths (the end values beyond them), times rows / that batch."""
+    near = min({p["batch"] for p in points}, key=lambda b: abs(b - batch))
+    curve = sorted((p["length"], p["seconds"]) for p in points if p["batch"] == near)
+    per_batch = np.interp(length, [c[0] for c in curve], [c[1] for c in curve])
+    return float(np.sum(per_batch * rows / near))
+
+
+def entry(calibration: dict, model: str, method: str) -> dict:
+    for e in calibration["entries"]:
+        if (e["model"], e["method"]) == (model, method):
+            return e
+    there = ", ".join(f"{e['model']}/{e['method']}" for e in calibration["entries"])
+    raise HarnessError(f"calibration {calibration['name']!r} has no {model}/{method} (it has {there}); "
+                       f"calibrate it: python -m runners.calibrate {calibration['name']} model={model} method={method}")
+
+
+def estimate(cfg: DictConfig, calibration: dict) -> float:
+    """Predicted wall time of the run `cfg` in seconds, comparable to its record's `wall_time_s`:
+    building the adapted model, every training step and every evaluation point (validation and
+    every test set), at the calibration's device, threads and concurrency. Like `wall_time_s`, it
+    leaves out reading and tokenizing the data (the calibration's `prepare` says what that adds)."""
+    t = cfg.trainer
+    if t.precision != calibration["precision"]:
+        raise HarnessError(f"trainer.precision={t.precision} but calibration {calibration['name']!r} "
+                           f"measured {calibration['precision']}")
+    e = entry(calibration, cfg.model.name, cfg.method.name)
+    train, evals = batches(cfg)
+    per_epoch = len(train[0])
+    total = int(t.max_steps) if t.max_steps else int(t.epochs) * per_epoch
+    train_s = seconds(e["train"], int(t.batch_size), *train) * total / per_epoch
+    evaluation_s = sum(seconds(e["eval"], int(t.eval_batch_size), *batch) for batch in evals)
+    points = math.ceil(total / (t.eval_every_steps or per_epoch))
+    return e["build_s"] + train_s + points * evaluation_s
+

@@ -1,0 +1,239 @@
+"""`python -m runners.calibrate NAME [--plan PLAN] [key=value ...] [--concurrency C]`: measures this
+device for a plan's cost (runners.analysis.cost, docs/cost.md) and writes results/calibrations/NAME.json.
+
+The runs are those `python run.py -m [+plan=PLAN] key=value ...` would launch (comma lists sweep).
+Per (model, method): the time to build the adapted model, then the runner's own training step
+(runners.train.Step) and evaluation (runners.train.evaluate) on batches of random tokens of the
+runs' batch sizes, at lengths from the shortest to the longest padded batch the runs make
+(powers of two between); rows of a batch are padded to its length as the runner's loader pads a
+length-grouped batch. Each point: one warm-up step, then up to `--steps` timed steps (fewer past
+`--seconds` a point). Per (model, task): reading and tokenizing the data (into an empty cache), and
+loading it from the cache. `--concurrency C` runs C processes in step, each with
+`trainer.num_threads` threads, each measuring everything; the file keeps their mean, so the numbers
+are those of C runs sharing the machine. An existing NAME measured on the same device, threads,
+concurrency and precision keeps its other (model, method) entries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from transformers import BatchEncoding
+
+from runners import checks, record
+from runners.config import register_resolvers
+from runners.data import prepare
+from runners.errors import HarnessError
+from runners.job import adapted_model, device_of
+from runners.lengths import batch_lengths
+from runners.models import build_tokenizer
+from runners.paths import CALIBRATIONS
+from runners.sweep import CONF, error_line, plan_jobs
+from runners.train import Step, evaluate
+
+
+def device_name(device: torch.device) -> str:
+    """The device as a calibration names it: the CUDA device name, or the CPU model string."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def grid(shortest: int, longest: int) -> list[int]:
+    """The lengths measured: the shortest, the powers of two between, the longest."""
+    return sorted({shortest, longest, *(2 ** k for k in range(4, 12) if shortest < 2 ** k < longest)})
+
+
+def items(configs: list[DictConfig]) -> list[dict]:
+    """One item per (model, method): a config to build it, its (batch, length) points to time."""
+    out: dict[tuple[str, str], dict] = {}
+    for cfg in configs:
+        checks.validate(cfg)
+        shortest, longest = batch_lengths(cfg)
+        item = out.setdefault((cfg.model.name, cfg.method.name), {
+            "config": OmegaConf.to_container(cfg, resolve=True), "train": set(), "eval": set(), "span": {}})
+        for kind, batch in (("train", cfg.trainer.batch_size), ("eval", cfg.trainer.eval_batch_size)):
+            low, high = item["span"].get((kind, batch), (shortest, longest))
+            item["span"][(kind, batch)] = (min(low, shortest), max(high, longest))
+    for item in out.values():
+        for (kind, batch), span in item.pop("span").items():
+            item[kind] |= {(int(batch), n) for n in grid(*span)}
+        item["train"], item["eval"] = sorted(item["train"]), sorted(item["eval"])
+    return list(out.values())
+
+
+def fake_batch(batch: int, length: int, vocab: int, num_labels: int, gen: torch.Generator) -> BatchEncoding:
+    """Random tokens, rows from 3/4 of `length` to `length` long, padded to `length` (as a
+    length-grouped batch is)."""
+    ids = torch.randint(3, vocab, (batch, length), generator=gen)
+    keep = torch.linspace(length, max(1, 3 * length // 4), batch).round().long()
+    mask = (torch.arange(length)[None, :] < keep[:, None]).long()
+    labels = torch.rand(batch, generator=gen) if num_labels == 1 else torch.randint(num_labels, (batch,), generator=gen)
+    return BatchEncoding({"input_ids": ids * mask, "attention_mask": mask, "labels": labels})
+
+
+def timed(work: Callable[[], object], steps: int, budget_s: float) -> float:
+    """Median seconds of `work()` after one warm-up call: `steps` calls, fewer past `budget_s`."""
+    start = time.perf_counter()
+    work()
+    times = []
+    while len(times) < steps and (not times or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def measure(item: dict, steps: int, budget_s: float) -> dict:
+    """One (model, method): build time, step and evaluation times at its points."""
+    cfg = OmegaConf.create(item["config"])
+    device = device_of(cfg)
+    start = time.perf_counter()
+    adapted = adapted_model(cfg)
+    model = adapted.model.to(device).train()
+    build_s = time.perf_counter() - start
+    step = Step.of(adapted, cfg.trainer, device, 10 ** 6)
+    gen = torch.Generator().manual_seed(0)
+    args = (model.config.vocab_size, cfg.task.num_labels, gen)
+    train = [{"batch": b, "length": n, "seconds": timed(partial(step, fake_batch(b, n, *args)), steps, budget_s)}
+             for b, n in item["train"]]
+    evals = []
+    for b, n in item["eval"]:  # one evaluation over `steps` batches, metrics included, per batch
+        run = partial(evaluate, model, [fake_batch(b, n, *args)] * steps, list(cfg.task.metrics), device,
+                      cfg.trainer.precision)
+        evals.append({"batch": b, "length": n, "seconds": timed(run, 1, budget_s) / steps})
+    return {"model": cfg.model.name, "method": cfg.method.name, "build_s": build_s, "train": train, "eval": evals}
+
+
+def measure_prepare(conf: dict) -> dict:
+    """Reading and tokenizing one (model, task)'s data into an empty cache, then loading it cached."""
+    cfg = OmegaConf.create(conf)
+    with tempfile.TemporaryDirectory() as cache:
+        cfg.data.cache_dir = cache
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            data, _ = prepare(cfg, build_tokenizer(cfg.model))
+            times.append(time.perf_counter() - start)
+    return {"model": cfg.model.name, "task": cfg.task.name, "rows": sum(len(data[s]) for s in data),
+            "cold_s": times[0], "cached_s": times[1]}
+
+
+def worker(work: list[dict], prepares: list[dict], threads: int, steps: int, budget_s: float,
+           barrier, results) -> None:
+    torch.set_num_threads(threads)
+    out = {"entries": [], "prepare": []}
+    for item in work:
+        barrier.wait()
+        out["entries"].append(measure(item, steps, budget_s))
+        print(f"measured {item['config']['model']['name']}/{item['config']['method']['name']}", flush=True)
+    for conf in prepares:
+        barrier.wait()
+        try:
+            out["prepare"].append(measure_prepare(conf))
+        except HarnessError as e:  # no data here: the calibration says so
+            out["prepare"].append({"model": conf["model"]["name"], "task": conf["task"]["name"], "error": str(e)})
+    results.put(out)
+
+
+def mean_of(runs: list[dict]) -> dict:
+    """The processes' measurements averaged, number by number (same structure in each)."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {k: mean_of([r[k] for r in runs]) for k in first}
+    if isinstance(first, list):
+        return [mean_of(list(v)) for v in zip(*runs)]
+    if isinstance(first, float):
+        return float(np.mean(runs))
+    return first
+
+
+def calibrate(name: str, configs: list[DictConfig], concurrency: int, steps: int, budget_s: float,
+              folder: Path, command: str) -> Path:
+    work = items(configs)
+    tasks = {(c.model.name, c.task.name): OmegaConf.to_container(c, resolve=True) for c in configs}
+    cfg = configs[0]
+    device = device_of(cfg)
+    threads = int(cfg.trainer.num_threads or torch.get_num_threads())
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(concurrency), ctx.Queue()
+    args = (work, list(tasks.values()), threads, steps, budget_s, barrier, results)
+    procs = [ctx.Process(target=worker, args=args) for _ in range(concurrency)] if concurrency > 1 else []
+    for p in procs:
+        p.start()
+    if not procs:  # one at a time: measured in this process
+        worker(*args)
+    runs = [results.get() for _ in range(concurrency)]
+    for p in procs:
+        p.join()
+    head = {"name": name, "device": device_name(device), "device_type": device.type, "threads": threads,
+            "concurrency": concurrency, "precision": cfg.trainer.precision}
+    path = folder / f"{name}.json"
+    measured = mean_of(runs)
+    entries, prepares = measured["entries"], measured["prepare"]
+    if path.is_file():  # same device and regime: keep what this call did not measure
+        old = json.loads(path.read_text())
+        if all(old.get(k) == v for k, v in head.items()):
+            command = f"{old['command']} && {command}"
+            new = {(e["model"], e["method"]) for e in entries}
+            entries = [e for e in old["entries"] if (e["model"], e["method"]) not in new] + entries
+            new = {(p["model"], p["task"]) for p in prepares}
+            prepares = [p for p in old["prepare"] if (p["model"], p["task"]) not in new] + prepares
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {**head, "cpu_count": multiprocessing.cpu_count(), "command": command,
+            "measured_at": datetime.now(timezone.utc).isoformat(), **record.provenance(),
+            "entries": entries, "prepare": prepares}
+    body.pop("overrides", None)
+    path.write_text(json.dumps(body, indent=1) + "\n")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runners.calibrate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", help="the calibration's name: results/calibrations/NAME.json")
+    parser.add_argument("overrides", nargs="*", help="key=value as for run.py -m (comma lists sweep)")
+    parser.add_argument("--plan", help="the runs of this plan (sweeps/plan/PLAN.yaml), as runners.plan selects them")
+    parser.add_argument("--concurrency", type=int, default=1, help="processes measuring at once (default 1)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per point after a warm-up (default 3)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="fewer steps past this many seconds a point")
+    parser.add_argument("--out", type=Path, default=CALIBRATIONS, help=f"the folder (default {CALIBRATIONS})")
+    args = parser.parse_intermixed_args(argv)
+    if args.concurrency < 1 or args.steps < 1:
+        print("error: --concurrency and --steps must be at least 1", file=sys.stderr)
+        return 1
+    register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+            _, configs, _ = plan_jobs(args.plan, args.overrides)
+        command = " ".join(["python -m runners.calibrate", *(argv if argv is not None else sys.argv[1:])])
+        path = calibrate(args.name, configs, args.concurrency, args.steps, args.seconds, args.out, command)
+    except (HarnessError, HydraException, OmegaConfBaseException, ValueError) as e:
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        return 1
+    print(f"calibration: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
