@@ -25,7 +25,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runners.analysis.cost import estimate, load_calibration  # noqa: E402
+from runners.cost import estimate, load_calibration  # noqa: E402
 from runners.sweep import selected_configs  # noqa: E402
 
 RUNS = ROOT / "results" / "minilm_glue" / "runs"

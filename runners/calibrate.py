@@ -1,5 +1,5 @@
 """`python -m runners.calibrate NAME [--plan PLAN] [key=value ...] [--concurrency C]`: measures this
-device for a plan's cost (runners.analysis.cost, docs/cost.md) and writes results/calibrations/NAME.json.
+device for a plan's cost (runners.cost, docs/cost.md) and writes results/calibrations/NAME.json.
 
 The runs are those `python run.py -m [+plan=PLAN] key=value ...` would launch (comma lists sweep).
 Per (model, method): the time to build the adapted model, then the runner's own training step
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import platform
 import sys
 import tempfile
 import time
@@ -44,20 +43,9 @@ from runners.job import adapted_model, device_of
 from runners.lengths import batch_lengths
 from runners.models import build_tokenizer
 from runners.paths import CALIBRATIONS
+from runners.summary import device_name
 from runners.sweep import CONF, error_line, plan_jobs
 from runners.train import Step, evaluate
-
-
-def device_name(device: torch.device) -> str:
-    """The device as a calibration names it: the CUDA device name, or the CPU model string."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def grid(shortest: int, longest: int) -> list[int]:

@@ -139,8 +139,7 @@ def fit(cfg: DictConfig, path: Path, lock: RunLock) -> str:
         ckpt.clear()
     try:
         loaded = summary.Loaded(adapted, rec["sizes"], skipped, device, ckpt.saved_step() if ckpt is not None else None)
-        # the estimated wall time, summary.Estimate(seconds, calibration name); None prints no estimate line
-        summary.show(cfg, path, loaded, estimate=None)
+        summary.show(cfg, path, loaded, summary.estimate(cfg, device))
         rec.update(train(adapted, data, tokenizer, cfg, device, log=logger.log, ckpt=ckpt, lock=lock))
         if cfg.trainer.save_model:  # train() left the model at the selected point
             lock.verify()

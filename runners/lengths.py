@@ -1,5 +1,5 @@
 """Token lengths of a run's rows and the batches the runner makes of them, for a plan's cost
-(runners.analysis.cost) and a calibration (runners.calibrate). No torch here.
+(runners.cost) and a calibration (runners.calibrate). No torch here.
 
 Lengths come from the data when `data.dir` is set and the model's fast tokenizer file
 (`tokenizer.json`) is on this machine (its `model.local_dir`, or the Hugging Face cache): the rows

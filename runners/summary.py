@@ -5,6 +5,7 @@ first part only."""
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -13,6 +14,8 @@ import torch
 from omegaconf import DictConfig
 
 from c3a.methods import Adapted
+from runners import cost
+from runners.errors import HarnessError
 from runners.models import weights_source
 from runners.train import schedule
 
@@ -56,6 +59,31 @@ def show(cfg: DictConfig, path: Path, loaded: Loaded | None = None, estimate: Es
             lines.append(("estimate", f"about {_duration(estimate.seconds)} (calibration {estimate.calibration})"))
         lines.append(("record", str(path)))
     print("\n".join(f"{label + ':':<{WIDTH}}{value}" for label, value in lines), flush=True)
+
+
+def device_name(device: torch.device) -> str:
+    """The device as a calibration names it: the CUDA device name, or the CPU model string."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def estimate(cfg: DictConfig, device: torch.device, folder: Path = cost.CALIBRATIONS) -> Estimate | None:
+    """The run's expected wall time from the calibration of this device and thread count
+    (runners.cost), or None when there is none or it did not measure this model, method
+    and precision: then the summary prints no estimate rather than a guess."""
+    calibration = cost.matching_calibration(device_name(device), torch.get_num_threads(), folder)
+    if calibration is None:
+        return None
+    try:
+        return Estimate(cost.estimate(cfg, calibration), f"{calibration['name']}, {calibration['concurrency']} at once")
+    except HarnessError:
+        return None
 
 
 def _weights(m: DictConfig) -> str:

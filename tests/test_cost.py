@@ -16,9 +16,9 @@ import yaml
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from conftest import GLUE, NO_GLUE, compose
-from runners import calibrate, lengths
+from runners import calibrate, lengths, summary
 from runners.analysis import plan
-from runners.analysis.cost import estimate, load_calibration, matching_calibration
+from runners.cost import estimate, load_calibration, matching_calibration
 
 TRAIN = [{"batch": 32, "length": 8, "seconds": 1.0}, {"batch": 32, "length": 16, "seconds": 2.0},
          {"batch": 32, "length": 128, "seconds": 30.0}, {"batch": 8, "length": 16, "seconds": 99.0}]
@@ -121,7 +121,7 @@ def test_calibrate_a_tiny_bert(tmp_path: Path) -> None:
                            "--steps", "1", "--out", str(tmp_path)]) == 0
     cal = load_calibration("tiny", tmp_path)
     assert {k: cal[k] for k in ("name", "device", "threads", "concurrency", "precision")} == {
-        "name": "tiny", "device": calibrate.device_name(torch.device("cpu")), "threads": 1, "concurrency": 1,
+        "name": "tiny", "device": summary.device_name(torch.device("cpu")), "threads": 1, "concurrency": 1,
         "precision": "fp32"}
     (entry,) = cal["entries"]
     assert (entry["model"], entry["method"]) == ("minilm", "lora") and entry["build_s"] > 0
@@ -135,3 +135,13 @@ def test_calibrate_a_tiny_bert(tmp_path: Path) -> None:
     cfg = compose("task=rte", "method=lora", data, "data.max_seq_len=32", "trainer.batch_size=8",
                   "trainer.eval_batch_size=16")
     assert estimate(cfg, cal) > 0
+    # a run on this device at this thread count prints the estimate in its summary; another does not
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert summary.estimate(cfg, torch.device("cpu"), tmp_path) == (estimate(cfg, cal), "tiny, 1 at once")
+        assert summary.estimate(compose("task=rte", "method=c3a_b6"), torch.device("cpu"), tmp_path) is None
+    finally:
+        torch.set_num_threads(threads)
+    if threads != 1:
+        assert summary.estimate(cfg, torch.device("cpu"), tmp_path) is None

@@ -176,7 +176,7 @@ for name in ["runners.analysis.table", "runners.table", "runners.pilot", "runner
 from runners.analysis import pilot, plan, table
 with contextlib.redirect_stdout(io.StringIO()):
     assert plan.main(["minilm_glue", "task=rte,mrpc"]) == 0
-    assert plan.main(["minilm_glue", "task=rte,mrpc", "--calibration", "cpu"]) == 0  # the hours (runners.analysis.cost)
+    assert plan.main(["minilm_glue", "task=rte,mrpc", "--calibration", "cpu"]) == 0  # the hours (runners.cost)
     assert table.main(["--layout", "minilm_glue", "--runs", {str(runs)!r}, "--out", {str(tmp_path)!r}]) == 0
     assert table.main(["--layout", "minilm_glue", "--runs", {str(runs)!r}, "--contrast", "c3a_b6", "lora"]) == 0
     assert pilot.main(["--runs", {str(pilot)!r}]) == 0

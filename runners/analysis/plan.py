@@ -12,7 +12,7 @@ from the task's `train_rows` (GLUE's split sizes). With a staged plan
 plus, per (model, method, task), the k costliest settings' remaining seeds.
 
 With `--calibration NAME` (a device's calibration, results/calibrations/NAME.json; docs/cost.md)
-each group also gets `hours`: the sum of its runs' predicted wall times (runners.analysis.cost),
+each group also gets `hours`: the sum of its runs' predicted wall times (runners.cost),
 and the last line becomes `runs: N, examples: M, hours: H, elapsed: E (NAME, C at once)`, where
 E = H / C for the C runs at once the calibration measured. `--json PATH` writes the groups as
 [{model, method, task, runs, examples, hours}]. Nothing is trained and nothing is downloaded.
@@ -33,8 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hydra_plugins.glue_plan_sweeper.plan_sweeper import setting, split_stages
-from runners.analysis.cost import calibration_names, estimate, load_calibration
 from runners.config import register_resolvers
+from runners.cost import calibration_names, estimate, load_calibration
 from runners.errors import HarnessError
 from runners.glue import load_glue, split
 from runners.sweep import CONF, error_line, plan_jobs, split_args

@@ -41,7 +41,7 @@ def load_calibration(name: str, folder: Path = CALIBRATIONS) -> dict:
 
 def matching_calibration(device: str, threads: int, folder: Path = CALIBRATIONS) -> dict | None:
     """The calibration measured on this kind of device, or None: the first by name whose `device`
-    (the CPU model string or CUDA device name, as `runners.calibrate.device_name` gives it) and
+    (the CPU model string or CUDA device name, as `runners.summary.device_name` gives it) and
     `threads` (torch's CPU threads during the measurement) equal these."""
     for name in calibration_names(folder):
         cal = load_calibration(name, folder)
