@@ -48,8 +48,6 @@ def split_lengths(cfg: DictConfig) -> dict[str, np.ndarray]:
     tokenizer = tokenizer_file(cfg.model) if cfg.data.dir is not None else None
     if tokenizer is not None:
         sets, _ = load_glue(cfg.task, cfg.data)
-        sets = {name: {"label": rows["label"], "length": token_lengths(rows, cfg.task, tokenizer)}
-                for name, rows in sets.items()}
         task = cfg.task
     else:  # label-free stand-ins: no stratification, the same carve sizes
         sets = {name: {"label": [0] * len(n), "length": n} for name, n in stat_lengths(cfg.task.name).items()}
@@ -58,6 +56,8 @@ def split_lengths(cfg: DictConfig) -> dict[str, np.ndarray]:
     parts["train"] = subset(parts["train"], cfg.data.max_train_samples, cfg.protocol.split_seed)
     for name in ("validation", *task_test_sets(cfg.task)):
         parts[name] = subset(parts[name], cfg.data.max_eval_samples, cfg.protocol.split_seed)
+    if tokenizer is not None:  # only the rows the run keeps are tokenized
+        parts = {name: {"length": token_lengths(part, cfg.task, tokenizer)} for name, part in parts.items()}
     return {name: np.minimum(np.asarray(part["length"]), int(cfg.data.max_seq_len)) for name, part in parts.items()}
 
 
