@@ -1,10 +1,13 @@
-"""Shared fixtures: offline switches, the real GLUE copy, Hydra composition, run.py as a subprocess."""
+"""Shared fixtures: offline switches, the real GLUE copy, Hydra composition, the CLI as a subprocess
+(one helper: run_cli and its parts) and one job in process (job)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -59,26 +62,96 @@ def compose(*overrides: str):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=False)
 
 
+def cli(*args: str, module: str | None = None) -> list[str]:
+    """The command a user types: `python run.py ARGS`, or `python -m MODULE ARGS` (runners.plan, ...)."""
+    return [sys.executable, *(["-m", module] if module else [str(ROOT / "run.py")]), *args]
+
+
+def run_dirs(tmp_path: Path, cache_dir: Path, results: Path | None = None, progress: bool = False) -> list[str]:
+    """run.py's outputs under tmp_path (results in `results`, default tmp_path/runs), the session's cache."""
+    return [f"results_dir={results or tmp_path / 'runs'}", f"data.cache_dir={cache_dir}",
+            f"hydra.run.dir={tmp_path / 'hydra'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"trainer.progress={str(progress).lower()}"]
+
+
+def launch(cmd: list[str], cwd: Path, env: dict[str, str | None] | None = None, **popen) -> subprocess.Popen:
+    """Start `cmd` offline, with GLUE_DIR set and this checkout's code first on the path; `env`
+    adds variables (None removes one). The caller waits on it, signals or kills it."""
+    full = {**os.environ, **OFFLINE, "GLUE_DIR": str(GLUE),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **(env or {})}
+    return subprocess.Popen(cmd, cwd=cwd, env={k: v for k, v in full.items() if v is not None}, text=True, **popen)
+
+
+def finish(proc: subprocess.Popen, check: bool = True, timeout: float = 1200) -> subprocess.CompletedProcess:
+    """Wait for a process started with stdout and stderr piped; fails the test on a non-zero exit
+    when `check`, and skips it when it stopped on the missing GLUE copy."""
+    out, err = proc.communicate(timeout=timeout)
+    if NO_GLUE is not None and f"GLUE data directory not found: {GLUE} " in out + err:
+        pytest.skip(NO_GLUE)  # this run needed the data
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, proc.args))} exited {proc.returncode}\n{out}\n{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_command(cmd: list[str], cwd: Path, env: dict[str, str | None] | None = None, check: bool = True,
+                timeout: float = 1200) -> subprocess.CompletedProcess:
+    """`cmd` to its end (launch, then finish)."""
+    return finish(launch(cmd, cwd, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE), check, timeout)
+
+
 @pytest.fixture
 def run_cli(tmp_path: Path, cache_dir: Path):
-    """Run `python run.py ARGS` in a subprocess with results and outputs under tmp_path; with
-    `progress`, the progress bar shown and stderr merged into stdout (proc.stderr is None), in
-    the order a job's log holds them (stdout buffered, as when it is a file)."""
+    """The one way tests run the CLI: `python run.py ARGS` (outputs under tmp_path), or with
+    `module=` `python -m MODULE ARGS`, in a subprocess from tmp_path; with `progress`, the
+    progress bar shown and stderr merged into stdout (proc.stderr is None)."""
 
-    def run(*args: str, check: bool = True, env: dict | None = None, multirun: bool = False, progress: bool = False):
-        cmd = [sys.executable, str(ROOT / "run.py"), *(["-m"] if multirun else []), *args,
-               f"results_dir={tmp_path / 'runs'}", f"data.cache_dir={cache_dir}",
-               f"hydra.run.dir={tmp_path / 'hydra'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-               f"trainer.progress={str(progress).lower()}"]
-        full_env = {**os.environ, **OFFLINE, "GLUE_DIR": str(GLUE), **({"PYTHONUNBUFFERED": ""} if progress else {}),
-                    **(env or {})}
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if progress else subprocess.PIPE,
-                              text=True, cwd=tmp_path, env=full_env, timeout=1200)
-        if NO_GLUE is not None and f"GLUE data directory not found: {GLUE} " in proc.stdout + (proc.stderr or ""):
-            pytest.skip(NO_GLUE)  # this run needed the data
-        if check and proc.returncode != 0:
-            raise AssertionError(f"run.py {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-        return proc
+    def run(*args: str, check: bool = True, env: dict[str, str | None] | None = None, multirun: bool = False,
+            module: str | None = None, progress: bool = False) -> subprocess.CompletedProcess:
+        cmd = cli(*args, module=module) if module else cli(*(["-m"] if multirun else []), *args,
+                                                           *run_dirs(tmp_path, cache_dir, progress=progress))
+        if not progress:
+            return run_command(cmd, tmp_path, env, check)
+        # the bar shown, stderr merged into stdout in the order a job's log holds them (stdout buffered)
+        return finish(launch(cmd, tmp_path, {"PYTHONUNBUFFERED": None, **(env or {})},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT), check)
+
+    return run
+
+
+@dataclass
+class JobRun:
+    """What one in-process job returned and printed."""
+
+    result: dict
+    out: str
+    err: str
+
+    @property
+    def record(self) -> dict | None:
+        path = self.result["record"]
+        return None if path is None else json.loads(Path(path).read_text())
+
+    @property
+    def errors(self) -> list[str]:
+        return [line for line in (self.out + self.err).splitlines() if line.startswith("error")]
+
+
+@pytest.fixture
+def job(tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture):
+    """runners.job.run_job in this process on the composed config (what run.py runs once its
+    option checks pass; they run again inside), results under tmp_path/runs. For error paths:
+    the CLI's exit code and Hydra's overrides need run_cli."""
+
+    def run(*overrides: str) -> JobRun:
+        from runners.job import run_job
+
+        capsys.readouterr()
+        result = run_job(compose(f"results_dir={tmp_path / 'runs'}", f"data.cache_dir={cache_dir}",
+                                 f"data.dir={GLUE}", "trainer.progress=false", *overrides))
+        out, err = capsys.readouterr()
+        if NO_GLUE is not None and f"GLUE data directory not found: {GLUE} " in out + err:
+            pytest.skip(NO_GLUE)
+        return JobRun(result, out, err)
 
     return run
 

@@ -4,7 +4,6 @@ here that reproduce the TSV pitfalls: quotes as text, a BOM, no header)."""
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 
@@ -227,22 +226,19 @@ def test_a_carve_the_rows_cannot_give_is_named(labels: list[str], options: dict,
                                   message)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("labels", "message"), [
     (["entailment"] * 9 + ["not_entailment"], "task rte: RTE/train.tsv: label 'not_entailment' has 1 row; "
                                                "a stratified validation carve needs at least 2 per label"),
     ([], "task rte: RTE/train.tsv: the training split is empty after carving validation (0 rows, val_fraction 0.1, "
          "val_max 2000)"),
 ])
-def test_bad_rows_for_a_carve_are_one_error_line_and_a_failed_record(run_cli, labels: list[str], message: str,
+def test_bad_rows_for_a_carve_are_one_error_line_and_a_failed_record(job, labels: list[str], message: str,
                                                                      tmp_path: Path) -> None:
-    """run.py on a train.tsv with a label of one row, and on one with no rows: one `error:` line,
-    no traceback, exit 1, a failed record with the reason. ~5 s each (a subprocess that stops
-    before the model is built)."""
+    """A job on a train.tsv with a label of one row, and on one with no rows: one `error:` line,
+    no traceback, a failed record with the reason (in process: it stops before the model)."""
     glue = write_rte(tmp_path / "glue", labels)
-    proc = run_cli("task=rte", f"data.dir={glue}", "data.max_seq_len=32", check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 1 and "Traceback" not in out, out
-    assert [line for line in out.splitlines() if line.startswith("error")] == [f"error: {message}"]
-    rec = json.loads(Path(proc.stdout.strip().splitlines()[-1].removeprefix("record: ")).read_text())
+    run = job("task=rte", f"data.dir={glue}", "data.max_seq_len=32")
+    assert run.result["status"] == "failed" and "Traceback" not in run.out + run.err
+    assert run.errors == [f"error: {message}"]
+    rec = run.record
     assert rec["status"] == "failed" and rec["reason"] == message and rec["failed_before_training"] is True

@@ -8,12 +8,11 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import GLUE, OFFLINE, ROOT, compose, last_line
+from conftest import cli, compose, finish, last_line, launch, run_dirs
 
 TINY = ["model=minilm", "data.max_train_samples=64", "data.max_eval_samples=32", "data.max_seq_len=32",
         "trainer.max_steps=4", "trainer.num_threads=1", "trainer.progress=false"]
@@ -175,9 +174,7 @@ def test_a_sweep_records_its_failed_jobs_and_goes_on(run_cli, tmp_path: Path, rt
     assert len(errors) == 3, proc.stderr
 
     # and the table lists them as failures (table2_failures.csv)
-    table = subprocess.run([sys.executable, "-m", "runners.table", "--runs", str(tmp_path / "runs"), "--out",
-                            str(tmp_path / "tables")], capture_output=True, text=True, cwd=ROOT)
-    assert table.returncode == 0, table.stderr
+    run_cli("--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "tables"), module="runners.table")
     with open(tmp_path / "tables" / "table2_failures.csv") as f:
         listed = {row["path"]: row for row in csv.DictReader(f)}
     failed = {str(p) for p in (tmp_path / "runs").rglob("*.json") if read(p)["status"] == "failed"}
@@ -185,14 +182,27 @@ def test_a_sweep_records_its_failed_jobs_and_goes_on(run_cli, tmp_path: Path, rt
     assert all(row["status"] == "failed" and row["reason"] for row in listed.values())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("override", "message"), [
+BAD_OPTIONS = [
     ("seed=abc", "seed='abc'; allowed: an integer from 0 to 4294967295"),
     ("trainer.lr=abc", "trainer.lr='abc'; allowed: a number >= 0"),
     ("trainer.precision=fp33", "trainer.precision='fp33'; allowed: fp32, bf16, fp16"),
     ("task.metric=f2", "task=rte: headline metric 'f2' is not in metrics ['accuracy']"),  # checked before the data
-])
-def test_a_bad_option_is_one_error_line_and_a_failed_record(run_cli, override: str, message: str) -> None:
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_OPTIONS)
+def test_a_bad_option_is_one_error_line_and_a_failed_record(job, override: str, message: str) -> None:
+    run = job(override, *TINY)
+    assert run.result["status"] == "failed" and "Traceback" not in run.err
+    assert run.errors == [f"error: {message}"]
+    assert run.out.strip().splitlines()[-1] == f"record: {run.result['record']}"
+    assert run.record["status"] == "failed" and run.record["reason"] == message
+
+
+@pytest.mark.slow
+def test_a_bad_option_through_run_py_exits_1_with_one_error_line(run_cli) -> None:
+    """The CLI contract for an option error (run.py checks options before importing the job)."""
+    override, message = BAD_OPTIONS[1]
     proc = run_cli(override, *TINY, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("error")] == [f"error: {message}"]
@@ -208,18 +218,16 @@ def test_two_sweeps_at_once_train_each_configuration_once(tmp_path: Path, cache_
     """The same 4-job sweep started twice at once: every configuration is trained by exactly
     one of them (the other skips it, locked or already finished), and every record is complete."""
     runs = tmp_path / "runs"
-    env = {**os.environ, **OFFLINE, "GLUE_DIR": str(GLUE)}
 
     def sweep(name: str) -> subprocess.Popen:
-        cmd = [sys.executable, str(ROOT / "run.py"), "-m", "seed=0,1,2,3", *TINY, f"results_dir={runs}",
-               f"data.cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path / name}"]
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+        cmd = cli("-m", "seed=0,1,2,3", *TINY, *run_dirs(tmp_path / name, cache_dir, runs))
+        return launch(cmd, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     procs = [sweep("a"), sweep("b")]
-    outs = [p.communicate(timeout=1200) for p in procs]
-    for _, err in outs:
-        assert "Traceback" not in err, err
-    stdout = "\n".join(out for out, _ in outs)
+    outs = [finish(p) for p in procs]
+    for proc in outs:
+        assert "Traceback" not in proc.stderr, proc.stderr
+    stdout = "\n".join(proc.stdout for proc in outs)
     assert stdout.count("selected step") == 4, stdout  # trained: 4, one per configuration
     skipped = [line for line in stdout.splitlines() if line.startswith("skipped: ")]
     assert len(skipped) == 4, stdout

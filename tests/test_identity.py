@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose, last_line
+from conftest import ROOT, cli, compose, last_line, run_command
 from runners import identity, migrate, paths, record
 from runners.analysis import select
 from runners.identity import identity_view
@@ -199,17 +197,15 @@ def test_mode_identity_prints_the_keys_and_why_a_relaunch_would_not_skip(tmp_pat
     path, rec = committed_records()[0]
     folder = next(f for f in COMMITTED if f in path.parents)
     overrides = [o for o in rec["overrides"] if not o.startswith("results_dir=")]
-    cmd = [sys.executable, str(ROOT / "run.py"), *overrides, "mode=identity", f"results_dir={folder}",
-           "trainer.warmup_ratio=0.5", f"hydra.run.dir={tmp_path}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    cmd = cli(*overrides, "mode=identity", f"results_dir={folder}", "trainer.warmup_ratio=0.5",
+              f"hydra.run.dir={tmp_path}")
+    out = run_command(cmd, tmp_path, timeout=300).stdout
     assert "  trainer.warmup_ratio: 0.5" in out and "  seed: " in out and "memory.steps" not in out
     assert "not found: a relaunch trains this run" in out
     assert f"{path.name} differs in trainer.warmup_ratio: here 0.5, there 0.06" in out
     assert last_line(out).startswith("record: ") and not (tmp_path / "runs").exists()
 
-    proc = subprocess.run(cmd[:-2] + cmd[-1:], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = run_command(cmd[:-2] + cmd[-1:], tmp_path, timeout=300)
     assert "found: a finished record; a relaunch skips it" in proc.stdout
     assert last_line(proc.stdout) == f"record: {path}"
     assert f"identity: {path.stem.rsplit('-', 1)[1]} " in proc.stdout

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, last_line
+from conftest import cli, last_line, launch, run_dirs
 from runners.lock import RunLock, pid_alive
 
 
@@ -170,11 +170,10 @@ def test_release_still_removes_its_own_lock(tmp_path: Path) -> None:
 
 
 def lock_args(results: Path, cache_dir: Path, tmp_path: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "run.py"), "model=minilm", "task=rte", "method=lora",
-            "data.max_train_samples=64", "data.max_eval_samples=16", "data.max_seq_len=32", "trainer.batch_size=8",
-            "trainer.eval_every_steps=4", "trainer.max_steps=8", "trainer.num_threads=1", "trainer.lr=5e-3",
-            "trainer.lr_head=5e-3", "trainer.progress=false", "lock.stale_after_s=2", "lock.refresh_s=0.2",
-            f"results_dir={results}", f"data.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    return cli("model=minilm", "task=rte", "method=lora", "data.max_train_samples=64", "data.max_eval_samples=16",
+               "data.max_seq_len=32", "trainer.batch_size=8", "trainer.eval_every_steps=4", "trainer.max_steps=8",
+               "trainer.num_threads=1", "trainer.lr=5e-3", "trainer.lr_head=5e-3", "lock.stale_after_s=2",
+               "lock.refresh_s=0.2", *run_dirs(tmp_path, cache_dir, results))
 
 
 def wait_for(what: str, done, proc: subprocess.Popen, timeout_s: float = 300) -> None:
@@ -192,9 +191,9 @@ def test_a_run_suspended_past_its_lock_stops_when_it_wakes(tmp_path: Path, cache
     SIGSTOPped after its first checkpoint until its lock goes stale; a second takes the run
     over and continues it; the first, woken while the second trains, exits 1 with one error
     line and writes nothing; the one record equals an uninterrupted run's."""
-    from test_resume import SAME, finish, launch
+    from test_resume import SAME, finish_run
 
-    reference = finish(lock_args(tmp_path / "ref", cache_dir, tmp_path), tmp_path)
+    reference = finish_run(lock_args(tmp_path / "ref", cache_dir, tmp_path), tmp_path)
     runs = tmp_path / "runs"
     cmd = lock_args(runs, cache_dir, tmp_path)
     run_dir = runs / "train" / "minilm" / "lora" / "rte"

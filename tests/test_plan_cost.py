@@ -4,9 +4,7 @@ training, checked against counts made here from the task YAMLs, the paper CSVs a
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +13,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import GLUE, OFFLINE, ROOT, last_line
+from conftest import GLUE, ROOT, last_line
 from runners import sweep
 from runners.analysis import plan
 
@@ -103,10 +101,9 @@ def test_missing_local_file_falls_back_to_glue_sizes_and_says_so(capsys: pytest.
 
 
 @pytest.mark.slow
-def test_cli_contract_and_errors(tmp_path: Path) -> None:
+def test_cli_contract_and_errors(run_cli, tmp_path: Path) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "runners.plan", *args], capture_output=True, text=True,
-                              cwd=tmp_path, env={**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT)})
+        return run_cli(*args, module="runners.plan", check=False)
 
     ok = cli("qgoft_glue", "task=rte", "method=qgoft,lora_r2", "data.dir=null")
     per_run = after_carve(glue_train_rows("rte")) * 30  # the paper's 30 epochs for RTE

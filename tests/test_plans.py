@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -124,31 +123,13 @@ def test_every_multirun_uses_the_plan_sweeper_which_without_a_grid_is_the_basic_
     assert expand(*args) == BasicSweeper.split_arguments(parsed, None)[0]
 
 
-def test_slurm_launcher_instantiates_and_writes_sbatch(hydra_app, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-    from omegaconf import OmegaConf
-
+def test_slurm_launcher_instantiates_with_our_settings(hydra_app, tmp_path: Path) -> None:
+    """conf/hydra/launcher/slurm.yaml reaches the launcher Hydra builds (test_slurm: what it hands submitit)."""
     cfg, ctx = hydra_cfg("hydra/launcher=slurm", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}")
     launcher = Plugins.instance().instantiate_launcher(hydra_context=ctx, task_function=lambda _: None, config=cfg)
     assert type(launcher).__name__ == "SlurmLauncher"
     p = launcher.params
     assert (p["gpus_per_node"], p["partition"], p["timeout_min"], p["mem_gb"]) == (1, "gpu", 1440, 64)
-    # what SlurmLauncher.launch does before submitting: submitit validates every parameter name
-    fake_bin = tmp_path / "bin"  # submitit looks for srun; nothing is ever submitted
-    fake_bin.mkdir()
-    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (fake_bin / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
-    executor = submitit.AutoExecutor(folder=p["submitit_folder"], cluster="slurm",
-                                     slurm_max_num_timeout=p["max_num_timeout"])
-    base = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in p.items()
-                                  if k not in ("submitit_folder", "max_num_timeout")})
-    script = executor._executor._make_submission_file_text("python run.py", "0")
-    assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --partition=gpu" in script
-    assert "#SBATCH --time=1440" in script and "#SBATCH --mem=64GB" in script
 
 
 @pytest.mark.parametrize(("choice", "cls"), [("joblib", "JoblibLauncher"), ("submitit_local", "LocalLauncher"),

@@ -5,7 +5,6 @@ files in the hub cache's layout, and RTE rows written into the datasets cache by
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import GLUE, OFFLINE, ROOT, last_line
+from conftest import GLUE, ROOT, last_line, run_command
 from runners import prefetch as pf
 from runners.sweep import selected_configs
 
@@ -65,17 +64,17 @@ def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-def env_for(home: Path, online: bool = False) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HF_DATASETS_CACHE", "MINILM_DIR")}
-    env.update(OFFLINE, HF_HOME=str(home), GLUE_DIR=str(GLUE))
+def env_for(home: Path, online: bool = False) -> dict[str, str | None]:
+    """HF_HOME at `home`, no other cache variable; offline unless `online`."""
+    env: dict[str, str | None] = {"HF_HUB_CACHE": None, "HF_DATASETS_CACHE": None, "MINILM_DIR": None,
+                                  "HF_HOME": str(home)}
     if online:  # not offline by switch: only the blocked sockets keep it off the network
         env.update(HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0", TRANSFORMERS_OFFLINE="0")
     return env
 
 
 def run_prefetch(home: Path, *args: str, online: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKED, *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env_for(home, online), timeout=300)
+    return run_command([sys.executable, "-c", BLOCKED, *args], ROOT, env_for(home, online), check=False, timeout=300)
 
 
 def test_cached_model_and_glue_need_no_network(hf_home: Path) -> None:

@@ -5,17 +5,15 @@ loads back in its own format and reproduces the selected point's scores."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import GLUE, OFFLINE, ROOT, compose, last_line
+from conftest import GLUE, cli, compose, last_line, launch, run_command, run_dirs
 
 # 96 rows / batch 16 = 6 batches an epoch: the kill lands mid-epoch and the relaunch crosses epochs.
 # MiniLM's dropout draws from the global torch RNG, LengthGroupedSampler from the loader's generator.
@@ -27,20 +25,12 @@ SAME = ("history", "selected", "sizes", "trainable_params", "metric", "metrics",
 
 
 def command(results: Path, cache_dir: Path, tmp_path: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "run.py"), *ARGS, f"results_dir={results}", f"data.cache_dir={cache_dir}",
-            f"hydra.run.dir={tmp_path / 'hydra'}"]
+    return cli(*ARGS, *run_dirs(tmp_path, cache_dir, results))
 
 
-def launch(cmd: list[str], cwd: Path, **kw) -> subprocess.Popen:
-    env = {**os.environ, **OFFLINE, "GLUE_DIR": str(GLUE)}
-    return subprocess.Popen(cmd, cwd=cwd, env=env, text=True, **kw)
-
-
-def finish(cmd: list[str], cwd: Path) -> tuple[dict, str]:
+def finish_run(cmd: list[str], cwd: Path) -> tuple[dict, str]:
     """The finished run's record and what it printed."""
-    proc = launch(cmd, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, f"{out}\n{err}"
+    out = run_command(cmd, cwd, timeout=600).stdout
     line = last_line(out)
     assert line.startswith("record: "), out
     return json.loads(Path(line.removeprefix("record: ")).read_text()), out
@@ -56,7 +46,7 @@ def adapter_tensors(directory: str) -> dict[str, torch.Tensor]:
 @pytest.mark.needs_glue
 def test_killed_run_continues_to_the_uninterrupted_record(tmp_path: Path, cache_dir: Path) -> None:
     """~60 s: three run.py processes of 16 LoRA steps on 96 real RTE rows."""
-    reference, out = finish(command(tmp_path / "ref", cache_dir, tmp_path), tmp_path)
+    reference, out = finish_run(command(tmp_path / "ref", cache_dir, tmp_path), tmp_path)
     assert reference["resumed_from_step"] is None and "continuing from step" not in out
     assert reference["selected"]["step"] != reference["history"][-1]["step"]  # the kept model is not the last
 
@@ -83,7 +73,7 @@ def test_killed_run_continues_to_the_uninterrupted_record(tmp_path: Path, cache_
     assert 8 <= killed_at < 16
     assert not list((tmp_path / "runs").glob("train/minilm/lora/rte/*.json"))  # killed: no record yet
 
-    resumed, out = finish(cmd, tmp_path)
+    resumed, out = finish_run(cmd, tmp_path)
     assert resumed["status"] == "finished" and resumed["resumed_from_step"] == killed_at
     assert f"\nresume:    continuing from step {killed_at}\n" in out  # the summary says so before training
     # the killed process's time up to its checkpoint counts in the run's wall time

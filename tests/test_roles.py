@@ -195,9 +195,9 @@ def test_a_fused_layout_and_an_unknown_model_type_get_clear_errors(tmp_path: Pat
         adapted_model(compose("model=hub", f"model.name_or_path={albert}", "model.pretrained=false", "method=lora"))
 
 
-def test_wrong_module_names_make_mode_count_exit_with_one_error_line(run_cli) -> None:
-    proc = run_cli("mode=count", "method=lora", "model=deberta-v3-base", "model.pretrained=false", *SMALL,
-                   "model.family.roles.query=attention.self.query", check=False)
-    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
-    assert proc.returncode != 0 and "trainable_params" not in proc.stdout
-    assert len(errors) == 1 and "model deberta-v3-base: role 'query'" in errors[0], proc.stdout + proc.stderr
+def test_wrong_module_names_make_mode_count_fail_with_one_error_line(job) -> None:
+    run = job("mode=count", "method=lora", "model=deberta-v3-base", "model.pretrained=false", *SMALL,
+              "model.family.roles.query=attention.self.query")
+    assert run.result == {"status": "failed", "record": None}  # run.py exits 1 on it; count mode writes no record
+    assert "trainable_params" not in run.out and "Traceback" not in run.err
+    assert len(run.errors) == 1 and "model deberta-v3-base: role 'query'" in run.errors[0], run.out + run.err

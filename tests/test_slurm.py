@@ -47,25 +47,33 @@ def slurm_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_submission_carries_the_requeue_settings(slurm_launcher) -> None:
-    """SlurmLauncher.launch itself builds the executor; it is stopped where it would submit."""
+    """SlurmLauncher.launch itself builds submitit's executor from conf/hydra/launcher/slurm.yaml
+    (submitit checks every parameter name); it is stopped where it would submit, and what it
+    handed to submitit is checked (how submitit writes them as #SBATCH lines is submitit's)."""
     import submitit
 
     class Submitted(Exception):
         pass
 
+    handed: dict = {}
+    update = submitit.AutoExecutor.update_parameters
+
+    def record(executor, **params) -> None:
+        handed.update(params)
+        update(executor, **params)
+
     def capture(executor, *args):
         raise Submitted(executor)
 
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(submitit.AutoExecutor, "update_parameters", record)
         mp.setattr(submitit.AutoExecutor, "map_array", capture)
         with pytest.raises(Submitted) as caught:
             slurm_launcher.launch([["seed=0"]], initial_job_idx=0)
-    executor = caught.value.args[0]._executor
-    assert executor.max_num_timeout == 3  # requeues after a time limit, then gives up
-    script = executor._make_submission_file_text("python run.py", "0")
-    assert "#SBATCH --signal=USR2@120" in script.splitlines()  # submitit's cue to requeue
-    assert "#SBATCH --requeue" in script.splitlines()  # SLURM may requeue after node failure/preemption
-    assert "#SBATCH --time=1440" in script.splitlines()
+    assert caught.value.args[0]._executor.max_num_timeout == 3  # requeues after a time limit, then gives up
+    assert handed["slurm_signal_delay_s"] == 120  # USR2 120 s before the limit: submitit's cue to requeue
+    assert handed["slurm_additional_parameters"] == {"requeue": True}  # SLURM may requeue after node failure
+    assert handed["timeout_min"] == 1440
 
 
 @pytest.mark.slow

@@ -10,14 +10,13 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from conftest import GLUE, OFFLINE, ROOT, last_line
+from conftest import cli, last_line, launch, run_dirs
 
 pytestmark = pytest.mark.slow
 QUICK = ["model=minilm", "task=rte", "trainer.max_steps=2", "trainer.batch_size=8", "data.max_train_samples=32",
@@ -35,15 +34,12 @@ def stamps(recs: dict[Path, dict]) -> dict[Path, tuple[int, str]]:
 
 def launch_and_kill_after_first_record(args: list[str], tmp_path: Path, cache_dir: Path, method: str) -> None:
     """run.py -m in its own process group (as run_cli would run it), SIGKILLed once one record exists."""
-    cmd = [sys.executable, str(ROOT / "run.py"), "-m", *args, f"results_dir={tmp_path / 'runs'}",
-           f"data.cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}", "trainer.progress=false"]
-    env = {**os.environ, **OFFLINE, "GLUE_DIR": str(GLUE)}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = launch(cli("-m", *args, *run_dirs(tmp_path, cache_dir)), tmp_path, stdout=subprocess.DEVNULL,
+                  stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 300
     try:
         while not records(tmp_path / "runs", method):
-            assert proc.poll() is None, f"sweep ended before its first record: {proc.stderr.read().decode()[-2000:]}"
+            assert proc.poll() is None, f"sweep ended before its first record: {proc.stderr.read()[-2000:]}"
             assert time.monotonic() < deadline, "no record within 300 s"
             time.sleep(0.1)
     finally:
