@@ -74,34 +74,29 @@ else
         --device cuda --precision bf16 --json "$WORK/runner_vs_trainer.json"
 fi
 
-# runners.calibrate NAME [key=value ...]: writes results/calibrations/NAME.json. In priority
+# runners.calibrate NAME [key=value ...] --out WORK: NAME.json in the tarball. In priority
 # order (what the budget leaves is skipped and said so in summary.txt; docs/device.md says
 # which numbers are then extrapolated): the tables' base model in both precisions first.
-if python3 -c "import runners.calibrate" 2>/dev/null; then
-    tok="model.local_dir=${MINILM_DIR:-}"  # MiniLM's tokenizer: a proxy for each model's own
-    rt=model.config.type_vocab_size=2   # RoBERTa reads MiniLM's token types (1: a pair's second sentence)
-    if [ "$SMOKE" = 1 ]; then
-        cals=("device_check_smoke model=roberta-base method=lora $rt model.config.num_hidden_layers=2 \
+tok="model.local_dir=${MINILM_DIR:-}"  # MiniLM's tokenizer: a proxy for each model's own
+rt=model.config.type_vocab_size=2   # RoBERTa reads MiniLM's token types (1: a pair's second sentence)
+if [ "$SMOKE" = 1 ]; then
+    cals=("device_check_smoke model=roberta-base method=lora $rt model.config.num_hidden_layers=2 \
 model.config.hidden_size=48 model.config.num_attention_heads=2 model.config.intermediate_size=96")
-        tok="model.local_dir=$(python3 -c 'from runners.config import minilm_path; print(minilm_path())')"
-    else
-        c3a=lora,bitfit,ia3,vera,boft,c3a_b1,c3a_b6
-        cals=("cuda_roberta-base_bf16 model=roberta-base $rt method=$c3a trainer.precision=bf16"
-              "cuda_roberta-base_fp32 model=roberta-base $rt method=$c3a trainer.precision=fp32"
-              "cuda_deberta-v3-base_bf16 model=deberta-v3-base method=lora_r2,oft_b8,goft,qgoft,full trainer.precision=bf16"
-              "cuda_roberta-large_bf16 model=roberta-large $rt method=lora,bitfit,ia3,vera,boft,c3a_b1,c3a_b8 trainer.precision=bf16"
-              "cuda_deberta-v3-base_fp32 model=deberta-v3-base method=lora_r2,oft_b8,goft,qgoft,full trainer.precision=fp32"
-              "cuda_roberta-large_fp32 model=roberta-large $rt method=lora,bitfit,ia3,vera,boft,c3a_b1,c3a_b8 trainer.precision=fp32")
-    fi
-    for cal in "${cals[@]}"; do
-        read -r -a words <<< "$cal"
-        section "calibrate_${words[0]}" "$([ "$SMOKE" = 1 ] && echo "$BUDGET" || echo 120)" python3 -m runners.calibrate "${words[@]}" model.pretrained=false "$tok"
-        cp "results/calibrations/${words[0]}.json" "$WORK/" 2>/dev/null
-        [ "$SMOKE" = 1 ] && rm -f "results/calibrations/${words[0]}.json"
-    done
+    tok="model.local_dir=$(python3 -c 'from runners.config import minilm_path; print(minilm_path())')"
 else
-    echo "calibrate: skipped (no runners.calibrate in this tree)" >> "$WORK/summary.txt"
+    c3a=lora,bitfit,ia3,vera,boft,c3a_b1,c3a_b6
+    cals=("cuda_roberta-base_bf16 model=roberta-base $rt method=$c3a trainer.precision=bf16"
+          "cuda_roberta-base_fp32 model=roberta-base $rt method=$c3a trainer.precision=fp32"
+          "cuda_deberta-v3-base_bf16 model=deberta-v3-base method=lora_r2,oft_b8,goft,qgoft,full trainer.precision=bf16"
+          "cuda_roberta-large_bf16 model=roberta-large $rt method=lora,bitfit,ia3,vera,boft,c3a_b1,c3a_b8 trainer.precision=bf16"
+          "cuda_deberta-v3-base_fp32 model=deberta-v3-base method=lora_r2,oft_b8,goft,qgoft,full trainer.precision=fp32"
+          "cuda_roberta-large_fp32 model=roberta-large $rt method=lora,bitfit,ia3,vera,boft,c3a_b1,c3a_b8 trainer.precision=fp32")
 fi
+for cal in "${cals[@]}"; do
+    read -r -a words <<< "$cal"
+    section "calibrate_${words[0]}" "$([ "$SMOKE" = 1 ] && echo "$BUDGET" || echo 120)" python3 -m runners.calibrate "${words[@]}" model.pretrained=false "$tok" \
+        --out "$WORK"  # into the tarball; commit them to results/calibrations/
+done
 
 echo "total: $((SECONDS - START)) s" >> "$WORK/summary.txt"
 rm -rf "$WORK/runs" "$WORK/cache"

@@ -14,7 +14,11 @@ from runners import identity, migrate, paths, record
 from runners.analysis import select
 from runners.identity import identity_view
 
-COMMITTED = [ROOT / "results" / "minilm_glue" / "runs", ROOT / "results" / "minilm_glue" / "pilot"]
+GLUE_RESULTS = ROOT / "results" / "minilm_glue"
+# each committed records folder and the results_dir its runs were launched with (mode=memory
+# records live in <results_dir>/memory/)
+COMMITTED = {GLUE_RESULTS / "runs": GLUE_RESULTS / "runs", GLUE_RESULTS / "pilot": GLUE_RESULTS / "pilot",
+             GLUE_RESULTS / "memory": GLUE_RESULTS}
 BASE = ["model=minilm", "method=lora", "task=mrpc", "results_dir=runs"]
 
 
@@ -37,12 +41,12 @@ def test_every_committed_record_is_found_by_its_relaunch() -> None:
     assert not [p for d in ("conf", "sweeps") for p in (ROOT / d).rglob("*.yaml") if "${seed" in p.read_text()]
     register_resolvers()
     records = committed_records()
-    assert len(records) == 213
+    assert len(records) == 223  # 150 table runs, 63 pilot runs, 10 memory runs
     commands: dict[tuple[str, ...], list[tuple[Path, dict]]] = {}
     for path, rec in records:
         folder = next(f for f in COMMITTED if f in path.parents)
         kept = [o for o in rec["overrides"] if not o.startswith(("results_dir=", "seed="))]
-        commands.setdefault((*kept, f"results_dir={folder}"), []).append((path, rec))
+        commands.setdefault((*kept, f"results_dir={COMMITTED[folder]}"), []).append((path, rec))
     lost = []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         for command, runs in commands.items():
@@ -149,7 +153,7 @@ def test_migrate_renames_once_and_the_tables_stay_byte_identical(tmp_path: Path,
     from runners.analysis import table
 
     runs = tmp_path / "runs"
-    shutil.copytree(COMMITTED[0], runs)
+    shutil.copytree(GLUE_RESULTS / "runs", runs)
     olds = _old_names(runs)
     rec = record.read(olds[0])
     model = olds[0].with_suffix(paths.MODEL_SUFFIX)
@@ -197,7 +201,7 @@ def test_mode_identity_prints_the_keys_and_why_a_relaunch_would_not_skip(tmp_pat
     path, rec = committed_records()[0]
     folder = next(f for f in COMMITTED if f in path.parents)
     overrides = [o for o in rec["overrides"] if not o.startswith("results_dir=")]
-    cmd = cli(*overrides, "mode=identity", f"results_dir={folder}", "trainer.warmup_ratio=0.5",
+    cmd = cli(*overrides, "mode=identity", f"results_dir={COMMITTED[folder]}", "trainer.warmup_ratio=0.5",
               f"hydra.run.dir={tmp_path}")
     out = run_command(cmd, tmp_path, timeout=300).stdout
     assert "  trainer.warmup_ratio: 0.5" in out and "  seed: " in out and "memory.steps" not in out

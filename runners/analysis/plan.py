@@ -14,7 +14,7 @@ plus, per (model, method, task), the k costliest settings' remaining seeds.
 With `--calibration NAME` (a device's calibration, results/calibrations/NAME.json; docs/cost.md)
 each group also gets `hours`: the sum of its runs' predicted wall times (runners.cost),
 and the last line becomes `runs: N, examples: M, hours: H, elapsed: E (NAME, C at once)`, where
-E = H / C for the C runs at once the calibration measured. `--json PATH` writes the groups as
+E = H / C for the C runs at once the calibration measured (H / N for N < C runs). `--json PATH` writes the groups as
 [{model, method, task, runs, examples, hours}]. Nothing is trained and nothing is downloaded.
 """
 
@@ -117,7 +117,8 @@ def totals(table: pd.DataFrame, prefix: str, calibration: dict | None) -> str:
     if calibration is None:
         return line
     hours, c = table[prefix + "hours"].sum(), calibration["concurrency"]
-    return f"{line}, hours: {hours:.2f}, elapsed: {hours / c:.2f} ({calibration['name']}, {c} at once)"
+    at_once = min(c, table[prefix + "runs"].sum())  # fewer runs than slots leave slots idle
+    return f"{line}, hours: {hours:.2f}, elapsed: {hours / at_once:.2f} ({calibration['name']}, {c} at once)"
 
 
 def report(plan: str, table: pd.DataFrame, notes: list[str], staged: dict, calibration: dict | None = None) -> str:
