@@ -60,11 +60,40 @@ section() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 } > "$WORK/summary.txt" 2>&1
 
+# runners.calibrate NAME [key=value ...] --out WORK: NAME.json in the tarball. In priority
+# order (what the budget leaves is skipped and said so in summary.txt; docs/device.md says
+# which numbers are then extrapolated): the tables' base model in both precisions first.
+calibrations() {
+    tok="model.local_dir=${MINILM_DIR:-}"  # MiniLM's tokenizer: a proxy for each model's own
+    rt=model.config.type_vocab_size=2   # RoBERTa reads MiniLM's token types (1: a pair's second sentence)
+    if [ "$SMOKE" = 1 ]; then
+        cals=("device_check_smoke model=roberta-base method=lora $rt model.config.num_hidden_layers=2 \
+    model.config.hidden_size=48 model.config.num_attention_heads=2 model.config.intermediate_size=96")
+        tok="model.local_dir=$(python3 -c 'from runners.config import minilm_path; print(minilm_path())')"
+    else
+        c3a=lora,bitfit,ia3,vera,boft,c3a_b1,c3a_b6
+        cals=("cuda_roberta-base_bf16 model=roberta-base $rt method=$c3a trainer.precision=bf16"
+              "cuda_roberta-base_fp32 model=roberta-base $rt method=$c3a trainer.precision=fp32"
+              "cuda_deberta-v3-base_bf16 model=deberta-v3-base method=lora_r2,oft_b8,goft,qgoft,full trainer.precision=bf16"
+              "cuda_roberta-large_bf16 model=roberta-large $rt method=lora,bitfit,ia3,vera,boft,c3a_b1,c3a_b8 trainer.precision=bf16"
+              "cuda_deberta-v3-base_fp32 model=deberta-v3-base method=lora_r2,oft_b8,goft,qgoft,full trainer.precision=fp32"
+              "cuda_roberta-large_fp32 model=roberta-large $rt method=lora,bitfit,ia3,vera,boft,c3a_b1,c3a_b8 trainer.precision=fp32")
+    fi
+    for cal in "${cals[@]}"; do
+        read -r -a words <<< "$cal"
+        section "calibrate_${words[0]}" "$([ "$SMOKE" = 1 ] && echo "$BUDGET" || echo 120)" python3 -m runners.calibrate "${words[@]}" model.pretrained=false "$tok" \
+            --out "$WORK"  # into the tarball; commit them to results/calibrations/
+    done
+}
+
 CHECK=(python3 benchmarks/device_check.py --work "$WORK" "${SM[@]}")
 if [ "$SMOKE" = 1 ]; then  # only the whole budget cuts a section off: the code paths are the point
-    section checks "$BUDGET" "${CHECK[@]}" syncs ratios resume concurrency --jobs 1 2  # one process: imports once
+    # two lanes at once (each process one thread): the smoke's cost is mostly process start-ups
+    section checks "$BUDGET" "${CHECK[@]}" syncs ratios resume concurrency --jobs 1 2 &  # one process: imports once
     section runner_vs_trainer "$BUDGET" python3 benchmarks/bench_runner.py --methods lora --rounds 1 --steps 2 \
         --threads 1 --json "$WORK/runner_vs_trainer.json"
+    calibrations
+    wait
 else
     # about 210 s with the kit's installation; the calibrations get what is left (about 70 s)
     section syncs_ratios 50 "${CHECK[@]}" syncs ratios
@@ -72,31 +101,8 @@ else
     section concurrency 80 "${CHECK[@]}" concurrency --jobs 1 2 4
     section runner_vs_trainer 45 python3 benchmarks/bench_runner.py --methods lora --rounds 1 --steps 60 \
         --device cuda --precision bf16 --json "$WORK/runner_vs_trainer.json"
+    calibrations
 fi
-
-# runners.calibrate NAME [key=value ...] --out WORK: NAME.json in the tarball. In priority
-# order (what the budget leaves is skipped and said so in summary.txt; docs/device.md says
-# which numbers are then extrapolated): the tables' base model in both precisions first.
-tok="model.local_dir=${MINILM_DIR:-}"  # MiniLM's tokenizer: a proxy for each model's own
-rt=model.config.type_vocab_size=2   # RoBERTa reads MiniLM's token types (1: a pair's second sentence)
-if [ "$SMOKE" = 1 ]; then
-    cals=("device_check_smoke model=roberta-base method=lora $rt model.config.num_hidden_layers=2 \
-model.config.hidden_size=48 model.config.num_attention_heads=2 model.config.intermediate_size=96")
-    tok="model.local_dir=$(python3 -c 'from runners.config import minilm_path; print(minilm_path())')"
-else
-    c3a=lora,bitfit,ia3,vera,boft,c3a_b1,c3a_b6
-    cals=("cuda_roberta-base_bf16 model=roberta-base $rt method=$c3a trainer.precision=bf16"
-          "cuda_roberta-base_fp32 model=roberta-base $rt method=$c3a trainer.precision=fp32"
-          "cuda_deberta-v3-base_bf16 model=deberta-v3-base method=lora_r2,oft_b8,goft,qgoft,full trainer.precision=bf16"
-          "cuda_roberta-large_bf16 model=roberta-large $rt method=lora,bitfit,ia3,vera,boft,c3a_b1,c3a_b8 trainer.precision=bf16"
-          "cuda_deberta-v3-base_fp32 model=deberta-v3-base method=lora_r2,oft_b8,goft,qgoft,full trainer.precision=fp32"
-          "cuda_roberta-large_fp32 model=roberta-large $rt method=lora,bitfit,ia3,vera,boft,c3a_b1,c3a_b8 trainer.precision=fp32")
-fi
-for cal in "${cals[@]}"; do
-    read -r -a words <<< "$cal"
-    section "calibrate_${words[0]}" "$([ "$SMOKE" = 1 ] && echo "$BUDGET" || echo 120)" python3 -m runners.calibrate "${words[@]}" model.pretrained=false "$tok" \
-        --out "$WORK"  # into the tarball; commit them to results/calibrations/
-done
 
 echo "total: $((SECONDS - START)) s" >> "$WORK/summary.txt"
 rm -rf "$WORK/runs" "$WORK/cache"

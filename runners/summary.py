@@ -107,7 +107,7 @@ def _loaded(cfg: DictConfig, loaded: Loaded) -> list[tuple[str, str]]:
     lines = [
         ("trainable", f"{a.trainable_params:,} parameters, head excluded{adapts}"),
         ("data", f"{sizes}; {skipped or 'no rows skipped'}"),
-        ("steps", f"{total:,} ({total / per_epoch:.3g} epochs of {_n(per_epoch, 'step')}), "
+        ("steps", f"{total:,} ({_n(total / per_epoch, 'epoch', '.3g')} of {_n(per_epoch, 'step')}), "
                   f"{_n(points, 'evaluation point')} (every {_n(every, 'step')} and at the last)"),
     ]
     if loaded.resumed_from is not None:
@@ -115,8 +115,8 @@ def _loaded(cfg: DictConfig, loaded: Loaded) -> list[tuple[str, str]]:
     return lines
 
 
-def _n(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+def _n(count: float, noun: str, spec: str = ",") -> str:
+    return f"{count:{spec}} {noun}{'' if count == 1 else 's'}"
 
 
 def _duration(seconds: float) -> str:

@@ -17,8 +17,7 @@ from conftest import GLUE, OFFLINE, ROOT
 @pytest.mark.slow
 @pytest.mark.needs_glue
 def test_device_check_smoke_runs_every_section_into_one_tarball(tmp_path: Path) -> None:
-    """About 96 s of CPU time in some ten processes (145-370 s wall on a loaded 2-core machine,
-    docs/device.md): syncs, step ratios,
+    """About 55 s on 2 idle cores (docs/device.md), some ten processes in two lanes: syncs, step ratios,
     a kill-and-resume, 1 and 2 concurrent jobs, the runner against Trainer + PEFT and a
     calibration, all on tiny settings."""
     env = {**os.environ, **OFFLINE, "GLUE_DIR": str(GLUE), "DEVICE_CHECK_SMOKE": "1", "DEVICE_CHECK_BUDGET_S": "600"}

@@ -126,14 +126,14 @@ def report(plan: str, table: pd.DataFrame, notes: list[str], staged: dict, calib
     lines.append(f"plan {plan}: {len(table)} (model, method, task) groups")
     shown = table.round({c: 2 for c in table.columns if c.endswith("hours")})
     lines.append(shown.to_string(index=False) if len(table) else "(no runs)")
+    if calibration is None:  # above the totals, which stay the last lines
+        there = ", ".join(calibration_names()) or "none yet"
+        lines.append(f"hours: add --calibration NAME (calibrations: {there}; make one for this machine with "
+                     "python -m runners.calibrate NAME, docs/cost.md)")
     if staged["enabled"]:
         lines.append(f"staged search (stage 1: {staged['stage1_seeds']} seed(s) per setting; stage 2: the "
                      f"other seeds of the best {staged['top_k']} settings per group), at most: "
                      + totals(table, "staged_", calibration))
-    if calibration is None:
-        there = ", ".join(calibration_names()) or "none yet"
-        lines.append(f"hours: add --calibration NAME (calibrations: {there}; make one for this machine with "
-                     "python -m runners.calibrate NAME, docs/cost.md)")
     lines.append(totals(table, "", calibration))
     return "\n".join(lines)
 
