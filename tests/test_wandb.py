@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -63,4 +64,8 @@ def test_run_summary_holds_the_trainable_parameter_count(tmp_path: Path, monkeyp
     finally:
         logger.finish({"status": "failed"})
     (run,) = offline_runs(tmp_path)
-    assert b"trainable_params" in next(run.glob("*.wandb")).read_bytes()
+    written = next(run.glob("*.wandb"))
+    deadline = time.monotonic() + 60  # wandb's service process may still be writing the file
+    while b"trainable_params" not in written.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert b"trainable_params" in written.read_bytes()
