@@ -210,6 +210,11 @@ def table(results: dict[str, dict]) -> str:
         lines.append(f"| {v} | {r['params']:,} | {r['median_s']:.2f} | {ratio(v, r, lora):.2f} "
                      f"| {mem:,.0f} | {mem / lora_mem:.2f} | {r['peak_mib']:,.0f} |")
     lines.append("")
+    if "wgrad-floor" in results:  # the target: qGOFT within 1.05x of the weight-gradient floor
+        floor = results["wgrad-floor"]
+        for v in ("qgoft", "goft"):
+            if v in results:
+                lines.append(f"{v} / wgrad-floor (paired): {ratio(v, results[v], floor):.3f}x")
     for v in DENSE & results.keys():
         speedup = results[v]["median_s"] / results["qgoft"]["median_s"]
         lines.append(f"qgoft is {speedup:.1f}x faster per step than {v}.")

@@ -195,12 +195,19 @@ def _lost(e: LockLost, path: Path) -> dict[str, Any]:
 
 
 def _finished(cfg: DictConfig, path: Path) -> bool:
-    if cfg.mode == "train" and record.finished(path) and not cfg.force:
+    """Whether the run at `path` is finished and not forced again: then says so and what it found.
+    A relaunched memory plan skips its finished measurements too, so it spends no device time
+    on them; its last line stays the peak, as a measurement's does."""
+    if cfg.force or not record.finished(path):
+        return False
+    what, again = ("run", "re-runs") if cfg.mode == "train" else ("measurement", "re-measures")
+    if cfg.mode == "train":
         summary.show(cfg, path)  # what needs neither data nor model
-        print("skipped: an identical finished run exists (force=true re-runs it)")
-        print(f"record: {path}")
-        return True
-    return False
+    print(f"skipped: an identical finished {what} exists (force=true {again} it)")
+    print(f"record: {path}")
+    if cfg.mode == "memory":
+        print(f"peak_memory_gb: {record.read(path)['peak_memory_gb']:.3f}")
+    return True
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:

@@ -121,3 +121,21 @@ def test_memory_mode_through_run_py(run_cli, tmp_path: Path) -> None:
     cfg = compose("model=deberta-v3-base", "model.pretrained=false", "method=qgoft", *DEBERTA_SMALL)
     assert rec["mode"] == "memory" and rec["trainable_params"] == adapted_model(cfg).trainable_params
     assert rec["peak_memory_gb"] > 0 and rec["batch_size"] == 2 and rec["seq_len"] == 16
+
+
+def test_a_relaunched_memory_measurement_is_skipped_unless_forced(job) -> None:
+    """A finished mode=memory record is found by its relaunch: skipped without measuring (a
+    relaunched memory plan spends no device time on it), the record untouched and its peak
+    printed last as a measurement prints it; force=true measures again."""
+    args = ("mode=memory", "model=deberta-v3-base", "model.pretrained=false", "method=qgoft", *DEBERTA_SMALL,
+            "memory.batch_size=2", "memory.seq_len=16", "memory.steps=1")
+    first = job(*args)
+    path = Path(first.result["record"])
+    written = path.read_bytes()
+    again = job(*args)
+    assert again.result == {"status": "skipped", "record": str(path)}
+    assert "skipped: an identical finished measurement exists" in again.out
+    assert path.read_bytes() == written
+    assert last_line(again.out) == last_line(first.out) == f"peak_memory_gb: {first.record['peak_memory_gb']:.3f}"
+    forced = job(*args, "force=true")
+    assert forced.result["status"] == "finished" and "skipped" not in forced.out
