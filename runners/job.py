@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import time
 import traceback
@@ -61,6 +62,7 @@ def device_of(cfg: DictConfig) -> torch.device:
     if want == "cuda" and not torch.cuda.is_available():
         raise HarnessError("trainer.device=cuda but no CUDA device is available")
     device = torch.device(want)
+    deterministic(cfg.trainer.deterministic)
     if device.type == "cuda" and cfg.trainer.gpu_memory_fraction:  # several runs sharing one GPU
         torch.cuda.set_per_process_memory_fraction(cfg.trainer.gpu_memory_fraction, device)
     autocast_dtype(device, cfg.trainer.precision)  # the precision rules, before any data or model is loaded
@@ -68,6 +70,17 @@ def device_of(cfg: DictConfig) -> torch.device:
         raise HarnessError(f"trainer.compile_bucket={cfg.trainer.compile_bucket} must divide "
                            f"data.max_seq_len={cfg.data.max_seq_len} (padded lengths stay within it)")
     return device
+
+
+def deterministic(on: bool) -> None:
+    """Deterministic kernels or torch's default, set either way: the setting is the process's,
+    and a sweep worker runs one job after another. cuBLAS reads its workspace setting when it
+    starts, which is after this (no CUDA work has run yet). warn_only: an op with no
+    deterministic kernel warns, naming itself, rather than failing a run that is otherwise
+    reproducible."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
 
 
 def count(cfg: DictConfig) -> str:

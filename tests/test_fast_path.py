@@ -7,6 +7,7 @@ of compiled graphs."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,32 @@ def test_compiled_training_agrees_with_eager_in_bounded_graphs(method: tuple[str
     # recompile (a guard the first evaluation's train()/eval() toggle may fail), not one per batch
     assert not counters["unimplemented"] and counters["frames"]["ok"] == counters["frames"]["total"]
     assert len(shapes) <= counters["stats"]["unique_graphs"] <= 2 * len(shapes)
+
+
+def test_deterministic_runs_our_layers_on_deterministic_kernels(glue_dir: Path, cache_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """trainer.deterministic=true turns on torch's deterministic kernels (warn-only) and cuBLAS's
+    fixed workspace for the run, and the next run in the process gets torch's default back.
+    C3A (FFTs, shared query/value input) and qGOFT (scatters into the stage matrices) train on
+    it without one nondeterminism warning; on CPU the numbers equal the default run's."""
+    import warnings
+
+    from runners.job import device_of
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        for method in (("method=c3a", "method.block_size=8", "method.blocks=null"), ("method=qgoft",)):
+            cfg = tiny(*method, "trainer.deterministic=true")
+            device_of(cfg)
+            assert torch.are_deterministic_algorithms_enabled()
+            assert torch.is_deterministic_algorithms_warn_only_enabled()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                history, _ = trained(cfg, glue_dir, cache_dir)
+            assert not [w for w in caught if "deterministic" in str(w.message)], [str(w.message) for w in caught]
+            device_of(default := tiny(*method))
+            assert not torch.are_deterministic_algorithms_enabled()
+            assert losses(history) == losses(trained(default, glue_dir, cache_dir)[0])
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)

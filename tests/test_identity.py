@@ -79,6 +79,7 @@ def test_what_leaves_the_identity_unchanged(change: str) -> None:
     "task.metric=f1", "model.name_or_path=someone/other", "trainer.precision=bf16", "data.max_train_samples=100",
     "+trainer.new_option=0.1",        # a new option set away from off
     "trainer.compile=true", "trainer.grad_accum_steps=2",  # other rounding (docs/device.md)
+    "trainer.deterministic=true",     # other kernels
 ])
 def test_what_changes_the_identity(change: str) -> None:
     assert identity.identity(compose(*BASE, change)) != identity.identity(compose(*BASE))
