@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from runners import checks, failure
 from runners.config import register_resolvers
+from runners.identity import explain_run
 
 register_resolvers()
 
@@ -22,9 +23,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     a sweep the job returns and the sweep goes on (a failure is recorded)."""
     try:  # options and interpolations first: a mistake is reported without waiting for torch
         checks.validate(cfg)
+        result = explain_run(cfg) if cfg.mode == "identity" else None  # needs no torch either
     except Exception as e:
         result = failure.report(cfg, e, None)
-    else:
+    if result is None:
         from runners.job import run_job  # torch, transformers, PEFT: only for a config that passed
 
         result = run_job(cfg)

@@ -113,3 +113,14 @@ def explain(cfg: DictConfig, path: Path) -> None:
             shown = "; ".join(f"{k}: here {json.dumps(view.get(k))}, there {json.dumps(there.get(k))}" for k in keys)
             print(f"  {other.name} differs in {shown}")
     print(f"record: {path}")
+
+
+def explain_run(cfg: DictConfig) -> dict[str, Any]:
+    """`mode=identity`: `explain` for the training run of `cfg`; nothing loaded, nothing written,
+    no torch imported. Returns the job result run.py and run_job return."""
+    from runners.paths import record_path  # paths names records by this module's identity
+
+    run = cfg.copy()
+    run.mode = "train"
+    explain(run, record_path(run))
+    return {"status": "finished", "record": None}

@@ -25,7 +25,7 @@ from runners.checkpoint import Checkpoint, CheckpointRefused
 from runners.data import prepare
 from runners.errors import HarnessError, TrainingFailed
 from runners.glue import task_test_sets
-from runners.identity import explain
+from runners.identity import explain_run
 from runners.lock import LockLost, RunLock
 from runners.logger import make_logger
 from runners.memory import PeakMemory
@@ -238,11 +238,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         checks.validate(cfg)
         if cfg.mode == "count":
             return {"status": count(cfg), "record": None}
-        if cfg.mode == "identity":  # the identity of the training run: nothing loaded, nothing written
-            cfg = cfg.copy()
-            cfg.mode = "train"
-            explain(cfg, record_path(cfg))
-            return {"status": "finished", "record": None}
+        if cfg.mode == "identity":
+            return explain_run(cfg)
         path = record_path(cfg)
     except Exception as e:
         return failure.report(cfg, e, None)

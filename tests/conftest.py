@@ -143,11 +143,17 @@ def job(tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture):
     the CLI's exit code and Hydra's overrides need run_cli."""
 
     def run(*overrides: str) -> JobRun:
+        import torch
+
         from runners.job import run_job
 
         capsys.readouterr()
-        result = run_job(compose(f"results_dir={tmp_path / 'runs'}", f"data.cache_dir={cache_dir}",
-                                 f"data.dir={GLUE}", "trainer.progress=false", *overrides))
+        threads = torch.get_num_threads()  # a run's trainer.num_threads is its process's: not the suite's after it
+        try:
+            result = run_job(compose(f"results_dir={tmp_path / 'runs'}", f"data.cache_dir={cache_dir}",
+                                     f"data.dir={GLUE}", "trainer.progress=false", *overrides))
+        finally:
+            torch.set_num_threads(threads)
         out, err = capsys.readouterr()
         if NO_GLUE is not None and f"GLUE data directory not found: {GLUE} " in out + err:
             pytest.skip(NO_GLUE)

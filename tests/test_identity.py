@@ -196,15 +196,19 @@ def test_migrate_stops_on_two_records_of_one_identity(tmp_path: Path, capsys) ->
 
 
 def test_mode_identity_prints_the_keys_and_why_a_relaunch_would_not_skip(tmp_path: Path) -> None:
-    """`mode=identity` (a subprocess of run.py; about 10 s) loads no data and no model: it
-    prints the identity's keys, its hash, whether a finished record holds it and, when none
-    does, how the records beside it differ."""
+    """`mode=identity` (a subprocess of run.py; a few seconds) loads no data and no model, and
+    imports no torch (`-X importtime` lists every module imported): it prints the identity's
+    keys, its hash, whether a finished record holds it and, when none does, how the records
+    beside it differ."""
     path, rec = committed_records()[0]
     folder = next(f for f in COMMITTED if f in path.parents)
     overrides = [o for o in rec["overrides"] if not o.startswith("results_dir=")]
     cmd = cli(*overrides, "mode=identity", f"results_dir={COMMITTED[folder]}", "trainer.warmup_ratio=0.5",
               f"hydra.run.dir={tmp_path}")
-    out = run_command(cmd, tmp_path, timeout=300).stdout
+    first = run_command([cmd[0], "-X", "importtime", *cmd[1:]], tmp_path, timeout=300)
+    imported = {line.rsplit("|", 1)[1].strip() for line in first.stderr.splitlines() if line.startswith("import time:")}
+    assert "hydra" in imported and "torch" not in imported
+    out = first.stdout
     assert "  trainer.warmup_ratio: 0.5" in out and "  seed: " in out and "memory.steps" not in out
     assert "not found: a relaunch trains this run" in out
     assert f"{path.name} differs in trainer.warmup_ratio: here 0.5, there 0.06" in out
