@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GLUE, OFFLINE, ROOT
+from runners.analysis.plan import main as plan
 
 
 @pytest.mark.slow
@@ -19,7 +20,7 @@ from conftest import GLUE, OFFLINE, ROOT
 def test_device_check_smoke_runs_every_section_into_one_tarball(tmp_path: Path) -> None:
     """About 55 s on 2 idle cores (docs/device.md), some ten processes in two lanes: syncs, step ratios,
     a kill-and-resume, 1 and 2 concurrent jobs, the runner against Trainer + PEFT and a
-    calibration, all on tiny settings."""
+    calibration of a plan's runs, all on tiny settings; the calibration then prices the plan."""
     env = {**os.environ, **OFFLINE, "GLUE_DIR": str(GLUE), "DEVICE_CHECK_SMOKE": "1", "DEVICE_CHECK_BUDGET_S": "600"}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), str(tmp_path / "out")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -31,7 +32,12 @@ def test_device_check_smoke_runs_every_section_into_one_tarball(tmp_path: Path) 
     for name in sections:
         assert f"{name}: ok" in summary, summary
     assert "calibrate_device_check_smoke: ok" in summary, summary
-    assert (tmp_path / "x" / "device_check_smoke.json").is_file()
+    # what a GPU session does with a calibration from the tarball: price a plan with it
+    cells = tmp_path / "cells.json"
+    assert plan(["table2_base", "method=lora", "task=rte", "seed=0", "--calibration",
+                 str(tmp_path / "x" / "device_check_smoke.json"), "--json", str(cells)]) == 0
+    (cell,) = json.loads(cells.read_text())
+    assert (cell["method"], cell["task"], cell["runs"]) == ("lora", "rte", 8) and cell["hours"] > 0
     assert not (ROOT / "results" / "calibrations" / "device_check_smoke.json").exists()  # the check writes nothing here
     result = {name: json.loads((tmp_path / "x" / f"{name}.json").read_text())
               for name in ("syncs", "ratios", "resume", "concurrency", "runner_vs_trainer")}
