@@ -65,6 +65,11 @@ def batch(vocab: int, size: int, length: int):
     return {k: v.pin_memory() for k, v in b.items()} if __import__("torch").cuda.is_available() else b
 
 
+def keep(args: argparse.Namespace, what: str, result: dict) -> None:
+    """Write what is measured so far: a section cut off at its budget still leaves its first parts."""
+    (args.work / f"{what}.json").write_text(json.dumps({**result, "partial": True}, indent=1, default=str))
+
+
 def sync(device) -> None:
     import torch
 
@@ -101,6 +106,7 @@ def syncs(args: argparse.Namespace) -> dict:
                     torch.cuda.set_sync_debug_mode(0)
             found = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
             out[f"{method}/{precision}"] = {"host_syncs_in_3_steps": len(found), "first": found[:1]}
+            keep(args, "syncs", out)
     return out
 
 
@@ -130,6 +136,7 @@ def ratios(args: argparse.Namespace) -> dict:
                for m, ref in RATIOS.items()},
         }
         del steps
+        keep(args, "ratios", {"batch": size, "length": length, "rounds": rounds, **out})
     return {"batch": size, "length": length, "rounds": rounds, **out}
 
 
@@ -174,6 +181,7 @@ def concurrency(args: argparse.Namespace) -> dict:
         out[n] = {"examples_per_s": examples / (end - start).total_seconds(), "span_s": (end - start).total_seconds(),
                   "wall_time_s": [r["wall_time_s"] for r in recs],
                   "peak_memory_gb": [r.get("peak_memory_gb") for r in recs]}
+        keep(args, "concurrency", {"jobs": out})
     one = out[args.jobs[0]]["examples_per_s"]
     return {"jobs": out, "speedup": {n: v["examples_per_s"] / one for n, v in out.items()}}
 

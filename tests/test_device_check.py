@@ -41,6 +41,7 @@ def test_device_check_smoke_runs_every_section_into_one_tarball(tmp_path: Path) 
     assert not (ROOT / "results" / "calibrations" / "device_check_smoke.json").exists()  # the check writes nothing here
     result = {name: json.loads((tmp_path / "x" / f"{name}.json").read_text())
               for name in ("syncs", "ratios", "resume", "concurrency", "runner_vs_trainer")}
+    assert not [name for name, r in result.items() if r.get("partial")]  # every section wrote its whole result
     assert result["resume"]["equal"] and result["resume"]["resumed_from_step"] == result["resume"]["killed_at_step"]
     assert set(result["concurrency"]["jobs"]) == {"1", "2"}
     assert set(result["ratios"]["fp32"]) >= {"c3a_b1/lora", "c3a_b6/lora", "qgoft/lora_r2"}
