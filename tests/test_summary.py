@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
+from packaging import version
 
 from conftest import compose
 from runners import summary
@@ -61,7 +63,8 @@ def test_summary_before_and_after_loading(cfg, capsys: pytest.CaptureFixture, tm
 def test_peft_method_hides_only_the_is_gradient_checkpointing_warning(
         cfg, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """PEFT reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model (built,
-    and again when saved): that FutureWarning is hidden, another one raised there still shows."""
+    and again when saved): that FutureWarning is hidden, another one raised there still shows.
+    Older transformers releases (5.17, the GPU machine's) do not deprecate it: nothing to hide."""
     import peft
 
     wrap = peft.get_peft_model
@@ -79,4 +82,5 @@ def test_peft_method_hides_only_the_is_gradient_checkpointing_warning(
         shown = [str(w.message) for w in caught]
         _ = adapted.model.get_base_model().is_gradient_checkpointing  # transformers still warns so
     assert shown == ["another deprecation", "another deprecation"], shown
-    assert str(caught[-1].message).startswith("`is_gradient_checkpointing` is deprecated"), "the setting is stale"
+    if version.parse(transformers.__version__) >= version.parse("5.25"):  # deprecated there: reading it warns
+        assert str(caught[-1].message).startswith("`is_gradient_checkpointing` is deprecated"), "the setting is stale"
