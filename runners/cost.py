@@ -50,13 +50,31 @@ def matching_calibration(device: str, threads: int, folder: Path = CALIBRATIONS)
     return None
 
 
+def curve(points: list[dict], batch: int) -> tuple[int, list[int], list[float]]:
+    """(the calibrated batch nearest `batch`, its measured lengths in order, their seconds)."""
+    near = min({p["batch"] for p in points}, key=lambda b: abs(b - batch))
+    measured = sorted((p["length"], p["seconds"]) for p in points if p["batch"] == near)
+    return near, [m[0] for m in measured], [m[1] for m in measured]
+
+
 def seconds(points: list[dict], batch: int, rows: np.ndarray, length: np.ndarray) -> float:
     """Total calibrated time of these batches: at the calibrated batch nearest `batch`, linear in
-    length between the measured lengths (the end values beyond them), times rows / that batch."""
-    near = min({p["batch"] for p in points}, key=lambda b: abs(b - batch))
-    curve = sorted((p["length"], p["seconds"]) for p in points if p["batch"] == near)
-    per_batch = np.interp(length, [c[0] for c in curve], [c[1] for c in curve])
-    return float(np.sum(per_batch * rows / near))
+    length between the measured lengths (the shortest's time below them; `estimate` refuses
+    lengths beyond the longest), times rows / that batch."""
+    near, lengths, times = curve(points, batch)
+    return float(np.sum(np.interp(length, lengths, times) * rows / near))
+
+
+def _covered(calibration: dict, e: dict, cfg: DictConfig, kind: str, batch: int, padded: np.ndarray) -> None:
+    """Refuse a run whose batches are longer than the calibration measured: the time of a longer
+    batch would be a guess (attention grows faster than linearly), not a measurement."""
+    longest = curve(e[kind], batch)[1][-1]
+    if padded.size and int(padded.max()) > longest:
+        name = calibration["name"]
+        raise HarnessError(f"calibration {name!r} measured {e['model']}/{e['method']} {kind} batches up to {longest} "
+                           f"tokens, this run pads them up to {int(padded.max())}; calibrate its runs: python -m "
+                           f"runners.calibrate {name} model={e['model']} method={e['method']} task={cfg.task.name} "
+                           "[its other options] (or --plan PLAN)")
 
 
 def entry(calibration: dict, model: str, method: str) -> dict:
@@ -79,6 +97,9 @@ def estimate(cfg: DictConfig, calibration: dict) -> float:
                            f"measured {calibration['precision']}")
     e = entry(calibration, cfg.model.name, cfg.method.name)
     train, evals = batches(cfg)
+    _covered(calibration, e, cfg, "train", int(t.batch_size), train[1])
+    for _, padded in evals:
+        _covered(calibration, e, cfg, "eval", int(t.eval_batch_size), padded)
     per_epoch = len(train[0])
     total = int(t.max_steps) if t.max_steps else int(t.epochs) * per_epoch
     train_s = seconds(e["train"], int(t.batch_size), *train) * total / per_epoch

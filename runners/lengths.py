@@ -117,13 +117,17 @@ def padded(lengths: np.ndarray, batch: int, grouped: bool, shuffle: bool) -> tup
 
 def batches(cfg: DictConfig) -> tuple[Batches, list[Batches]]:
     """(one epoch's training batches, each evaluation set's batches) of the run `cfg`: validation,
-    then the test sets."""
+    then the test sets. With `trainer.compile` a training batch is padded up to a multiple of
+    `trainer.compile_bucket`, as the runner's loader pads it (evaluation stays eager)."""
     t = cfg.trainer
+    bucket = int(t.compile_bucket) if t.compile else 1
     key = json.dumps([OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "protocol", "data")]
-                     + [cfg.model.name_or_path, t.batch_size, t.eval_batch_size, t.group_by_length], sort_keys=True)
+                     + [cfg.model.name_or_path, t.batch_size, t.eval_batch_size, t.group_by_length, bucket],
+                     sort_keys=True)
     if key not in _CACHE:
         lengths = split_lengths(cfg)
-        _CACHE[key] = (padded(lengths["train"], int(t.batch_size), bool(t.group_by_length), True),
+        rows, length = padded(lengths["train"], int(t.batch_size), bool(t.group_by_length), True)
+        _CACHE[key] = ((rows, -(-length // bucket) * bucket),
                        [padded(lengths[s], int(t.eval_batch_size), False, False)
                         for s in ("validation", *task_test_sets(cfg.task))])
     return _CACHE[key]

@@ -19,6 +19,7 @@ from conftest import GLUE, NO_GLUE, compose
 from runners import calibrate, lengths, summary
 from runners.analysis import plan
 from runners.cost import estimate, load_calibration, matching_calibration
+from runners.errors import HarnessError
 
 TRAIN = [{"batch": 32, "length": 8, "seconds": 1.0}, {"batch": 32, "length": 16, "seconds": 2.0},
          {"batch": 32, "length": 128, "seconds": 30.0}, {"batch": 8, "length": 16, "seconds": 99.0}]
@@ -60,6 +61,22 @@ def test_estimate_is_the_hand_computation(flat_rte: None) -> None:
     train = 2.0 * train_rows / 32 * 100 / steps
     evaluation = 4 * (0.2 + 8 * 1.1 / 56) * (val_rows + test_rows) / 64
     assert estimate(cfg, synthetic()) == pytest.approx(5.0 + train + evaluation, rel=1e-9)
+
+    cfg.data.max_seq_len, cfg.trainer.compile, cfg.trainer.compile_bucket = 128, True, 64  # the loader pads to 64
+    train = (2.0 + (64 - 16) * 28.0 / 112) * train_rows / 32 * 100 / steps  # 20-token batches padded to 64: 14 s
+    evaluation = 4 * (per_eval[0] * val_rows / 64 + per_eval[1] * test_rows / 64)  # evaluation stays eager, unpadded
+    assert estimate(cfg, synthetic()) == pytest.approx(5.0 + train + evaluation, rel=1e-9)
+
+
+def test_batches_longer_than_the_calibration_measured_are_refused(flat_rte: None) -> None:
+    """A guess past the longest measured length is not an estimate: one error naming the fix."""
+    cfg = compose("task=rte", "method=lora", "data.dir=null", "data.max_seq_len=128")
+    short = synthetic()
+    short["entries"][0]["eval"] = [EVAL[0], {"batch": 64, "length": 16, "seconds": 0.4}]
+    with pytest.raises(HarnessError, match="measured minilm/lora eval batches up to 16 tokens, this run pads them "
+                                           "up to 20; calibrate its runs: python -m runners.calibrate synthetic "
+                                           "model=minilm method=lora task=rte"):
+        estimate(cfg, short)
 
 
 def test_length_grouped_batches_pad_as_transformers_sampler_does() -> None:
