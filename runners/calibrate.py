@@ -37,6 +37,7 @@ from transformers import BatchEncoding
 
 from runners import checks, record
 from runners.config import register_resolvers
+from runners.cost import entry_key, step_settings
 from runners.data import prepare
 from runners.errors import HarnessError
 from runners.job import adapted_model, device_of
@@ -54,12 +55,13 @@ def grid(shortest: int, longest: int) -> list[int]:
 
 
 def items(configs: list[DictConfig]) -> list[dict]:
-    """One item per (model, method): a config to build it, its (batch, length) points to time."""
-    out: dict[tuple[str, str], dict] = {}
+    """One item per (model, method, step settings): a config to build it, its (batch, length)
+    points to time."""
+    out: dict[tuple, dict] = {}
     for cfg in configs:
         checks.validate(cfg)
         shortest, longest = batch_lengths(cfg)
-        item = out.setdefault((cfg.model.name, cfg.method.name), {
+        item = out.setdefault((cfg.model.name, cfg.method.name, json.dumps(step_settings(cfg.trainer))), {
             "config": OmegaConf.to_container(cfg, resolve=True), "train": set(), "eval": set(), "span": {}})
         for kind, batch in (("train", cfg.trainer.batch_size), ("eval", cfg.trainer.eval_batch_size)):
             low, high = item["span"].get((kind, batch), (shortest, longest))
@@ -111,7 +113,8 @@ def measure(item: dict, steps: int, budget_s: float) -> dict:
         run = partial(evaluate, model, [fake_batch(b, n, *args)] * steps, list(cfg.task.metrics), device,
                       cfg.trainer.precision)
         evals.append({"batch": b, "length": n, "seconds": timed(run, 1, budget_s) / steps})
-    return {"model": cfg.model.name, "method": cfg.method.name, "build_s": build_s, "train": train, "eval": evals}
+    return {"model": cfg.model.name, "method": cfg.method.name, "step": step_settings(cfg.trainer), "build_s": build_s,
+            "train": train, "eval": evals}
 
 
 def measure_prepare(conf: dict) -> dict:
@@ -184,8 +187,8 @@ def calibrate(name: str, configs: list[DictConfig], concurrency: int, steps: int
         old = json.loads(path.read_text())
         if all(old.get(k) == v for k, v in head.items()):
             command = f"{old['command']} && {command}"
-            new = {(e["model"], e["method"]) for e in entries}
-            entries = [e for e in old["entries"] if (e["model"], e["method"]) not in new] + entries
+            new = {entry_key(e) for e in entries}
+            entries = [e for e in old["entries"] if entry_key(e) not in new] + entries
             new = {(p["model"], p["task"]) for p in prepares}
             prepares = [p for p in old["prepare"] if (p["model"], p["task"]) not in new] + prepares
     folder.mkdir(parents=True, exist_ok=True)

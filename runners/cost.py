@@ -77,13 +77,35 @@ def _covered(calibration: dict, e: dict, cfg: DictConfig, kind: str, batch: int,
                            "[its other options] (or --plan PLAN)")
 
 
-def entry(calibration: dict, model: str, method: str) -> dict:
+# trainer options that change what one step costs (beyond precision, the calibration's own): an
+# entry holds the values it was measured at; entries from before this field were measured at these
+STEP_DEFAULTS = {"grad_accum_steps": 1, "gradient_checkpointing": False, "compile": False}
+
+
+def step_settings(trainer: DictConfig) -> dict:
+    """The run's values of the options in STEP_DEFAULTS."""
+    return {k: trainer[k] for k in STEP_DEFAULTS}
+
+
+def entry_key(e: dict) -> tuple:
+    """What an entry measured: (model, method, its step settings)."""
+    return e["model"], e["method"], json.dumps(e.get("step", STEP_DEFAULTS), sort_keys=True)
+
+
+def entry(calibration: dict, model: str, method: str, step: dict | None = None) -> dict:
+    """The entry for (model, method) measured at these step settings (default: STEP_DEFAULTS)."""
+    want = (model, method, json.dumps(step or STEP_DEFAULTS, sort_keys=True))
     for e in calibration["entries"]:
-        if (e["model"], e["method"]) == (model, method):
+        if entry_key(e) == want:
             return e
-    there = ", ".join(f"{e['model']}/{e['method']}" for e in calibration["entries"])
-    raise HarnessError(f"calibration {calibration['name']!r} has no {model}/{method} (it has {there}); "
-                       f"calibrate it: python -m runners.calibrate {calibration['name']} model={model} method={method}")
+    differs = {k: v for k, v in (step or STEP_DEFAULTS).items() if v != STEP_DEFAULTS[k]}
+    setting = "".join(f" trainer.{k}={str(v).lower()}" for k, v in differs.items())
+    there = ", ".join(f"{e['model']}/{e['method']}" + "".join(
+        f" {k}={v}" for k, v in e.get("step", STEP_DEFAULTS).items() if v != STEP_DEFAULTS[k])
+        for e in calibration["entries"])
+    raise HarnessError(f"calibration {calibration['name']!r} has no {model}/{method}{setting} (it has {there}); "
+                       f"calibrate it: python -m runners.calibrate {calibration['name']} model={model} "
+                       f"method={method}{setting}")
 
 
 def estimate(cfg: DictConfig, calibration: dict) -> float:
@@ -95,7 +117,7 @@ def estimate(cfg: DictConfig, calibration: dict) -> float:
     if t.precision != calibration["precision"]:
         raise HarnessError(f"trainer.precision={t.precision} but calibration {calibration['name']!r} "
                            f"measured {calibration['precision']}")
-    e = entry(calibration, cfg.model.name, cfg.method.name)
+    e = entry(calibration, cfg.model.name, cfg.method.name, step_settings(t))
     train, evals = batches(cfg)
     _covered(calibration, e, cfg, "train", int(t.batch_size), train[1])
     for _, padded in evals:

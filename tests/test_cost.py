@@ -65,7 +65,9 @@ def test_estimate_is_the_hand_computation(flat_rte: None) -> None:
     cfg.data.max_seq_len, cfg.trainer.compile, cfg.trainer.compile_bucket = 128, True, 64  # the loader pads to 64
     train = (2.0 + (64 - 16) * 28.0 / 112) * train_rows / 32 * 100 / steps  # 20-token batches padded to 64: 14 s
     evaluation = 4 * (per_eval[0] * val_rows / 64 + per_eval[1] * test_rows / 64)  # evaluation stays eager, unpadded
-    assert estimate(cfg, synthetic()) == pytest.approx(5.0 + train + evaluation, rel=1e-9)
+    compiled = synthetic()
+    compiled["entries"][0]["step"] = {"grad_accum_steps": 1, "gradient_checkpointing": False, "compile": True}
+    assert estimate(cfg, compiled) == pytest.approx(5.0 + train + evaluation, rel=1e-9)
 
 
 def test_batches_longer_than_the_calibration_measured_are_refused(flat_rte: None) -> None:
@@ -119,6 +121,20 @@ def test_unknown_calibration_is_one_error_line(capsys: pytest.CaptureFixture) ->
     assert "calibrations: cpu" in err[0]  # the committed one is listed
 
 
+def test_a_step_measured_otherwise_is_not_the_runs(flat_rte: None) -> None:
+    """Accumulation, checkpointing and compile change what a step costs: an entry prices only
+    runs at the settings it was measured at (an entry without them was measured at the defaults)."""
+    cfg = compose("task=rte", "method=lora", "data.dir=null", "data.max_seq_len=128", "trainer.grad_accum_steps=2")
+    with pytest.raises(HarnessError, match="has no minilm/lora trainer.grad_accum_steps=2 .*calibrate it: python -m "
+                                           "runners.calibrate synthetic model=minilm method=lora "
+                                           "trainer.grad_accum_steps=2"):
+        estimate(cfg, synthetic())
+    accumulated = synthetic()
+    accumulated["entries"][0]["step"] = {"grad_accum_steps": 2, "gradient_checkpointing": False, "compile": False}
+    assert estimate(cfg, accumulated) == estimate(compose("task=rte", "method=lora", "data.dir=null",
+                                                          "data.max_seq_len=128"), synthetic())
+
+
 def test_matching_calibration_by_device_and_threads(tmp_path: Path) -> None:
     for name, device, threads in (("a", "CPU X", 1), ("b", "CPU X", 2), ("c", "GPU Y", 2)):
         (tmp_path / f"{name}.json").write_text(json.dumps(synthetic(name, device=device, threads=threads)))
@@ -142,6 +158,7 @@ def test_calibrate_a_tiny_bert(tmp_path: Path) -> None:
         "precision": "fp32"}
     (entry,) = cal["entries"]
     assert (entry["model"], entry["method"]) == ("minilm", "lora") and entry["build_s"] > 0
+    assert entry["step"] == {"grad_accum_steps": 1, "gradient_checkpointing": False, "compile": False}
     for kind, batch in (("train", 8), ("eval", 16)):
         points = entry[kind]
         assert {p["batch"] for p in points} == {batch} and all(p["seconds"] > 0 for p in points)
