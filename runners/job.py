@@ -64,7 +64,9 @@ def device_of(cfg: DictConfig) -> torch.device:
     device = torch.device(want)
     deterministic(cfg.trainer.deterministic)
     if device.type == "cuda" and cfg.trainer.gpu_memory_fraction:  # several runs sharing one GPU
-        torch.cuda.set_per_process_memory_fraction(cfg.trainer.gpu_memory_fraction, device)
+        # torch wants a float and the device's index ("cuda" alone has none: the current device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(float(cfg.trainer.gpu_memory_fraction), index)
     autocast_dtype(device, cfg.trainer.precision)  # the precision rules, before any data or model is loaded
     if cfg.trainer.compile and cfg.data.max_seq_len % cfg.trainer.compile_bucket:
         raise HarnessError(f"trainer.compile_bucket={cfg.trainer.compile_bucket} must divide "

@@ -210,3 +210,26 @@ def test_deterministic_runs_our_layers_on_deterministic_kernels(glue_dir: Path, 
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("fraction", ["0.3", "1"])
+def test_gpu_memory_fraction_reaches_torch_as_torch_takes_it(fraction: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.cuda.set_per_process_memory_fraction takes a float and a device index: `cuda` alone
+    has no index, and `trainer.gpu_memory_fraction=1` composes as an int. Either failed every
+    capped run on a GPU before it started; torch's own argument checks stand in for the GPU."""
+    from torch.cuda._utils import _get_device_index
+
+    from runners.job import device_of
+
+    calls = []
+
+    def set_fraction(value: float, device: object = None) -> None:
+        calls.append((_get_device_index(device), value))  # raises for a device without an index
+        if not isinstance(value, float):
+            raise TypeError("Invalid type for fraction argument, must be `float`")  # torch's check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
+    assert device_of(tiny("trainer.device=cuda", f"trainer.gpu_memory_fraction={fraction}")).type == "cuda"
+    assert calls == [(0, float(fraction))]
