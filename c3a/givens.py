@@ -162,10 +162,11 @@ def _rotate_weight(weight: Tensor, blocks: Tensor) -> Tensor:
     """W R^T in the blocks' dtype, as the transpose of R W^T = C (B W^T): B's blocks meet
     W's column groups in one bmm that writes contiguously, then C mixes the rows 0, s, 2s, ...
     d_out x d_in x 2s flops, whatever the number of tokens."""
-    diag, coarse = _factors(blocks, weight.shape[1])
-    (nb, s, _), d_out = diag.shape, weight.shape[0]
-    rows = torch.bmm(diag, weight.to(blocks.dtype).reshape(d_out, nb, s).permute(1, 2, 0)).view(-1, d_out)
-    rows[::s] = coarse @ rows[::s]
+    with torch.autocast(weight.device.type, enabled=False):  # autocast would run the stages in bf16/fp16
+        diag, coarse = _factors(blocks, weight.shape[1])
+        (nb, s, _), d_out = diag.shape, weight.shape[0]
+        rows = torch.bmm(diag, weight.to(blocks.dtype).reshape(d_out, nb, s).permute(1, 2, 0)).view(-1, d_out)
+        rows[::s] = coarse @ rows[::s]
     return rows.t()
 
 

@@ -67,6 +67,28 @@ def test_c3a_operator_computes_in_fp32_under_bf16_autocast() -> None:
         assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
 
 
+def test_givens_rotation_stays_fp32_under_bf16_autocast() -> None:
+    """<1 s: under bf16 autocast a qGOFT layer rotates its weight in fp32 (against a dense float64
+    W R^T) and only its final GEMM runs in bf16, as a plain linear's does."""
+    import torch.nn.functional as F
+
+    from c3a.givens import GivensLinear
+
+    torch.manual_seed(0)
+    layer = GivensLinear(torch.nn.Linear(96, 64), "qgoft")
+    with torch.no_grad():
+        layer.givens_blocks.add_(0.3 * torch.randn_like(layer.givens_blocks))
+        x = torch.randn(16, 96)
+        dense = layer.base_layer.weight.double() @ layer.rotation_matrix().double().T
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rotated = layer.rotated_weight()
+            got = layer(x)
+            want = F.linear(x, dense.float(), layer.base_layer.bias)  # the same bf16 GEMM
+    assert rotated.dtype == torch.float32
+    assert (rotated.double() - dense).abs().max() <= 1e-5 * dense.abs().max()  # bf16 stages: ~1e-2
+    assert torch.equal(got, want)
+
+
 @pytest.mark.needs_glue
 def test_cpu_fp32_step_is_the_plain_adamw_step(glue_dir: Path, cache_dir: Path) -> None:
     """~3 s: the runner's Step on CPU in fp32 (one micro-batch, not fused, no compile) gives
