@@ -79,10 +79,14 @@ def deterministic(on: bool) -> None:
     and a sweep worker runs one job after another. cuBLAS reads its workspace setting when it
     starts, which is after this (no CUDA work has run yet). warn_only: an op with no
     deterministic kernel warns, naming itself, rather than failing a run that is otherwise
-    reproducible."""
+    reproducible. Attention is such an op on CUDA: the flash and memory-efficient backward
+    passes accumulate with atomics and only warn, so they are switched off for the math kernel."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(on, warn_only=True)
+    for enable in (torch.backends.cuda.enable_flash_sdp, torch.backends.cuda.enable_mem_efficient_sdp,
+                   torch.backends.cuda.enable_cudnn_sdp):
+        enable(not on)
 
 
 def count(cfg: DictConfig) -> str:

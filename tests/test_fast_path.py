@@ -207,8 +207,9 @@ def test_compiled_training_agrees_with_eager_in_bounded_graphs(method: tuple[str
 
 def test_deterministic_runs_our_layers_on_deterministic_kernels(glue_dir: Path, cache_dir: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """trainer.deterministic=true turns on torch's deterministic kernels (warn-only) and cuBLAS's
-    fixed workspace for the run, and the next run in the process gets torch's default back.
+    """trainer.deterministic=true turns on torch's deterministic kernels (warn-only), cuBLAS's
+    fixed workspace and CUDA attention's math kernel for the run, and the next run in the process
+    gets torch's defaults back.
     C3A (FFTs, shared query/value input) and qGOFT (scatters into the stage matrices) train on
     it without one nondeterminism warning; on CPU the numbers equal the default run's."""
     import warnings
@@ -222,16 +223,19 @@ def test_deterministic_runs_our_layers_on_deterministic_kernels(glue_dir: Path, 
             device_of(cfg)
             assert torch.are_deterministic_algorithms_enabled()
             assert torch.is_deterministic_algorithms_warn_only_enabled()
+            sdpa = torch.backends.cuda  # CUDA attention: only the math kernel's backward is deterministic
+            assert not (sdpa.flash_sdp_enabled() or sdpa.mem_efficient_sdp_enabled() or sdpa.cudnn_sdp_enabled())
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 history, _ = trained(cfg, glue_dir, cache_dir)
             assert not [w for w in caught if "deterministic" in str(w.message)], [str(w.message) for w in caught]
             device_of(default := tiny(*method))
             assert not torch.are_deterministic_algorithms_enabled()
+            assert sdpa.flash_sdp_enabled() and sdpa.mem_efficient_sdp_enabled() and sdpa.cudnn_sdp_enabled()
             assert losses(history) == losses(trained(default, glue_dir, cache_dir)[0])
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
-        torch.use_deterministic_algorithms(False)
+        device_of(tiny())
 
 
 @pytest.mark.parametrize("fraction", ["0.3", "1"])
