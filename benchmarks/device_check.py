@@ -211,13 +211,13 @@ def resume(args: argparse.Namespace) -> dict:
         time.sleep(0.02)
         for f in (work / "resume_run").glob("train/**/*.ckpt/state.pt"):
             try:
-                step = torch.load(f, weights_only=False)["step"]
+                step = torch.load(f, map_location="cpu", weights_only=False)["step"]
             except Exception:  # being replaced
                 continue
             if step >= 4:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                killed_at = torch.load(f, weights_only=False)["step"]
+                killed_at = torch.load(f, map_location="cpu", weights_only=False)["step"]
     reference = record_of(ref.communicate()[0])
     relaunched = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     resumed = record_of(relaunched.stdout)

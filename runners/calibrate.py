@@ -83,14 +83,20 @@ def fake_batch(batch: int, length: int, vocab: int, num_labels: int, gen: torch.
     return BatchEncoding({"input_ids": ids * mask, "attention_mask": mask, "labels": labels})
 
 
-def timed(work: Callable[[], object], steps: int, budget_s: float) -> float:
-    """Median seconds of `work()` after one warm-up call: `steps` calls, fewer past `budget_s`."""
+def timed(work: Callable[[], object], steps: int, budget_s: float, device: torch.device) -> float:
+    """Median seconds of `work()` after one warm-up call: `steps` calls, fewer past `budget_s`.
+    On CUDA each call ends when the device is done: the step reads nothing back that would wait."""
+    def call() -> None:
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     start = time.perf_counter()
-    work()
+    call()
     times = []
     while len(times) < steps and (not times or time.perf_counter() - start < budget_s):
         t0 = time.perf_counter()
-        work()
+        call()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
@@ -106,13 +112,14 @@ def measure(item: dict, steps: int, budget_s: float) -> dict:
     step = Step.of(adapted, cfg.trainer, device, 10 ** 6)
     gen = torch.Generator().manual_seed(0)
     args = (model.config.vocab_size, cfg.task.num_labels, gen)
-    train = [{"batch": b, "length": n, "seconds": timed(partial(step, fake_batch(b, n, *args)), steps, budget_s)}
+    train = [{"batch": b, "length": n,
+              "seconds": timed(partial(step, fake_batch(b, n, *args)), steps, budget_s, device)}
              for b, n in item["train"]]
     evals = []
     for b, n in item["eval"]:  # one evaluation over `steps` batches, metrics included, per batch
         run = partial(evaluate, model, [fake_batch(b, n, *args)] * steps, list(cfg.task.metrics), device,
                       cfg.trainer.precision)
-        evals.append({"batch": b, "length": n, "seconds": timed(run, 1, budget_s) / steps})
+        evals.append({"batch": b, "length": n, "seconds": timed(run, 1, budget_s, device) / steps})
     return {"model": cfg.model.name, "method": cfg.method.name, "step": step_settings(cfg.trainer), "build_s": build_s,
             "train": train, "eval": evals}
 
