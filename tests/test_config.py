@@ -127,6 +127,9 @@ def test_method_options_are_checked_only_where_the_method_has_them() -> None:
 
     with pytest.raises(HarnessError, match="method.init='xavier'; allowed: xavier_uniform, zeros"):
         checks.check(compose("method=c3a_b6", "method.init=xavier"))
+    # PEFT builds BOFT m=2 only where its CUDA extension builds: another model on another machine
+    with pytest.raises(HarnessError, match=r"^method.peft_config.boft_n_butterfly_factor=2; allowed: 1$"):
+        checks.check(compose("method=boft", "method.peft_config.boft_n_butterfly_factor=2"))
     # checked before the paper preset that reads it (lr_<variant>) fails to resolve
     with pytest.raises(HarnessError, match="method.variant='qgof'; allowed: qgoft, goft"):
         checks.check(compose("method=qgoft", "method.variant=qgof"))
