@@ -138,21 +138,23 @@ def measure_prepare(conf: dict) -> dict:
             "cold_s": times[0], "cached_s": times[1]}
 
 
-def worker(work: list[dict], prepares: list[dict], threads: int, steps: int, budget_s: float,
-           barrier, results) -> None:
+def worker(rank: int, work: list[dict], prepares: list[dict], threads: int, steps: int, budget_s: float,
+           barrier, put: Callable[[tuple], None]) -> None:
+    """Measure every item, then the data preparations, handing each result on as it is made:
+    put(("entry", rank, entry)) per item, put(("prepare", rank, [...])) at the end."""
     torch.set_num_threads(threads)
-    out = {"entries": [], "prepare": []}
     for item in work:
         barrier.wait()
-        out["entries"].append(measure(item, steps, budget_s))
+        put(("entry", rank, measure(item, steps, budget_s)))
         print(f"measured {item['config']['model']['name']}/{item['config']['method']['name']}", flush=True)
+    out = []
     for conf in prepares:
         barrier.wait()
         try:
-            out["prepare"].append(measure_prepare(conf))
+            out.append(measure_prepare(conf))
         except HarnessError as e:  # no data here: the calibration says so
-            out["prepare"].append({"model": conf["model"]["name"], "task": conf["task"]["name"], "error": str(e)})
-    results.put(out)
+            out.append({"model": conf["model"]["name"], "task": conf["task"]["name"], "error": str(e)})
+    put(("prepare", rank, out))
 
 
 def mean_of(runs: list[dict]) -> dict:
@@ -169,42 +171,65 @@ def mean_of(runs: list[dict]) -> dict:
 
 def calibrate(name: str, configs: list[DictConfig], concurrency: int, steps: int, budget_s: float,
               folder: Path, command: str) -> Path:
+    """Measure and write NAME.json, rewritten after every (model, method) all processes have
+    measured: a measurement cut short keeps what it finished. An existing NAME of the same
+    device and regime keeps the entries this call does not measure."""
     work = items(configs)
     tasks = {(c.model.name, c.task.name): OmegaConf.to_container(c, resolve=True) for c in configs}
     cfg = configs[0]
     device = device_of(cfg)
     threads = int(cfg.trainer.num_threads or torch.get_num_threads())
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(concurrency), ctx.Queue()
-    args = (work, list(tasks.values()), threads, steps, budget_s, barrier, results)
-    procs = [ctx.Process(target=worker, args=args) for _ in range(concurrency)] if concurrency > 1 else []
-    for p in procs:
-        p.start()
-    if not procs:  # one at a time: measured in this process
-        worker(*args)
-    runs = [results.get() for _ in range(concurrency)]
-    for p in procs:
-        p.join()
     head = {"name": name, "device": device_name(device), "device_type": device.type, "threads": threads,
             "concurrency": concurrency, "precision": cfg.trainer.precision}
     path = folder / f"{name}.json"
-    measured = mean_of(runs)
-    entries, prepares = measured["entries"], measured["prepare"]
-    if path.is_file():  # same device and regime: keep what this call did not measure
-        old = json.loads(path.read_text())
-        if all(old.get(k) == v for k, v in head.items()):
-            command = f"{old['command']} && {command}"
-            new = {entry_key(e) for e in entries}
-            entries = [e for e in old["entries"] if entry_key(e) not in new] + entries
-            new = {(p["model"], p["task"]) for p in prepares}
-            prepares = [p for p in old["prepare"] if (p["model"], p["task"]) not in new] + prepares
-    folder.mkdir(parents=True, exist_ok=True)
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is not None and any(old.get(k) != v for k, v in head.items()):
+        old = None  # another device or regime: replaced
+    got: dict[str, list] = {"entry": [[] for _ in range(concurrency)], "prepare": [None] * concurrency}
+
+    def take(message: tuple) -> None:
+        kind, rank, value = message
+        if kind == "entry":
+            got["entry"][rank].append(value)
+        else:
+            got["prepare"][rank] = value
+        done = min(len(e) for e in got["entry"])
+        entries = [mean_of([got["entry"][r][i] for r in range(concurrency)]) for i in range(done)]
+        prepares = mean_of(got["prepare"]) if all(p is not None for p in got["prepare"]) else []
+        write(path, head, command, entries, prepares, old)
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(concurrency), ctx.Queue()
+    args = (list(tasks.values()), threads, steps, budget_s, barrier)
+    if concurrency == 1:  # measured in this process
+        worker(0, work, *args, take)
+        return path
+    procs = [ctx.Process(target=worker, args=(rank, work, *args, results.put)) for rank in range(concurrency)]
+    for p in procs:
+        p.start()
+    for _ in range(concurrency * (len(work) + 1)):
+        take(results.get())
+    for p in procs:
+        p.join()
+    return path
+
+
+def write(path: Path, head: dict, command: str, entries: list[dict], prepares: list[dict], old: dict | None) -> None:
+    """The calibration file: this call's measurements over what `old` (same device and regime) holds."""
+    if old is not None:
+        command = f"{old['command']} && {command}"
+        new = {entry_key(e) for e in entries}
+        entries = [e for e in old["entries"] if entry_key(e) not in new] + entries
+        new = {(p["model"], p["task"]) for p in prepares}
+        prepares = [p for p in old["prepare"] if (p["model"], p["task"]) not in new] + prepares
+    path.parent.mkdir(parents=True, exist_ok=True)
     body = {**head, "cpu_count": multiprocessing.cpu_count(), "command": command,
             "measured_at": datetime.now(timezone.utc).isoformat(), **record.provenance(),
             "entries": entries, "prepare": prepares}
     body.pop("overrides", None)
-    path.write_text(json.dumps(body, indent=1) + "\n")
-    return path
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(body, indent=1) + "\n")
+    tmp.replace(path)  # a reader (or a kill) sees the previous file or the whole new one
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -179,3 +179,24 @@ def test_calibrate_a_tiny_bert(tmp_path: Path) -> None:
         torch.set_num_threads(threads)
     if threads != 1:
         assert summary.estimate(cfg, torch.device("cpu"), tmp_path) is None
+
+
+def test_a_calibration_cut_short_keeps_what_it_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is written after each (model, method): killed at its budget (here: the second
+    method fails), a calibration still holds the first method's entry."""
+    measure = calibrate.measure
+
+    def first_only(item: dict, *args) -> dict:
+        if item["config"]["method"]["name"] != "lora":
+            raise RuntimeError("cut off")
+        return measure(item, *args)
+
+    monkeypatch.setattr(calibrate, "measure", first_only)
+    tiny = "{model_type: bert, vocab_size: 30522, hidden_size: 32, num_hidden_layers: 2, " \
+           "num_attention_heads: 2, intermediate_size: 64}"
+    with pytest.raises(RuntimeError, match="cut off"):
+        calibrate.main(["cut", "model=minilm", "model.pretrained=false", "model.num_layers=2", f"model.config={tiny}",
+                        "method=lora,bitfit", "task=rte", "data.dir=null", "data.max_seq_len=32",
+                        "data.max_train_samples=64", "data.max_eval_samples=64", "trainer.num_threads=1",
+                        "--steps", "1", "--out", str(tmp_path)])
+    assert [e["method"] for e in load_calibration("cut", tmp_path)["entries"]] == ["lora"]
