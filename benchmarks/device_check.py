@@ -32,24 +32,14 @@ RATIOS = {"c3a_b1": "lora", "c3a_b6": "lora", "qgoft": "lora_r2"}
 SAME = ("history", "selected", "sizes", "trainable_params", "metric", "metrics", "test_sets")
 
 
-def compose(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from runners.config import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return hydra_compose("config", overrides=list(overrides))
-
-
 def step_of(method: str, smoke: bool, precision: str):
     """The runner's step (runners.train.Step) for roberta-base, random weights, `method`."""
     from runners.job import adapted_model, device_of
+    from runners.sweep import selected_configs
     from runners.train import Step
 
-    cfg = compose("model=roberta-base", "model.pretrained=false", f"method={method}", "task=rte",
-                  f"trainer.precision={precision}", *(TINY if smoke else []))
+    (cfg,) = selected_configs(None, ["model=roberta-base", "model.pretrained=false", f"method={method}", "task=rte",
+                                     f"trainer.precision={precision}", *(TINY if smoke else [])])
     device = device_of(cfg)
     adapted = adapted_model(cfg)
     adapted.model.to(device).train()

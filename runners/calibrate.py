@@ -61,7 +61,8 @@ def items(configs: list[DictConfig]) -> list[dict]:
     for cfg in configs:
         checks.validate(cfg)
         shortest, longest = batch_lengths(cfg)
-        item = out.setdefault((cfg.model.name, cfg.method.name, json.dumps(step_settings(cfg.trainer))), {
+        key = entry_key({"model": cfg.model.name, "method": cfg.method.name, "step": step_settings(cfg.trainer)})
+        item = out.setdefault(key, {
             "config": OmegaConf.to_container(cfg, resolve=True), "train": set(), "eval": set(), "span": {}})
         for kind, batch in (("train", cfg.trainer.batch_size), ("eval", cfg.trainer.eval_batch_size)):
             low, high = item["span"].get((kind, batch), (shortest, longest))

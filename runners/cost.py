@@ -92,17 +92,20 @@ def entry_key(e: dict) -> tuple:
     return e["model"], e["method"], json.dumps(e.get("step", STEP_DEFAULTS), sort_keys=True)
 
 
+def _overrides(step: dict) -> str:
+    """The step settings that differ from the defaults, as command-line overrides."""
+    return "".join(f" trainer.{k}={str(v).lower()}" for k, v in step.items() if v != STEP_DEFAULTS[k])
+
+
 def entry(calibration: dict, model: str, method: str, step: dict | None = None) -> dict:
     """The entry for (model, method) measured at these step settings (default: STEP_DEFAULTS)."""
-    want = (model, method, json.dumps(step or STEP_DEFAULTS, sort_keys=True))
+    want = {"model": model, "method": method, "step": step or STEP_DEFAULTS}
     for e in calibration["entries"]:
-        if entry_key(e) == want:
+        if entry_key(e) == entry_key(want):
             return e
-    differs = {k: v for k, v in (step or STEP_DEFAULTS).items() if v != STEP_DEFAULTS[k]}
-    setting = "".join(f" trainer.{k}={str(v).lower()}" for k, v in differs.items())
-    there = ", ".join(f"{e['model']}/{e['method']}" + "".join(
-        f" {k}={v}" for k, v in e.get("step", STEP_DEFAULTS).items() if v != STEP_DEFAULTS[k])
-        for e in calibration["entries"])
+    setting = _overrides(want["step"])
+    there = ", ".join(f"{e['model']}/{e['method']}{_overrides(e.get('step', STEP_DEFAULTS))}"
+                      for e in calibration["entries"])
     raise HarnessError(f"calibration {calibration['name']!r} has no {model}/{method}{setting} (it has {there}); "
                        f"calibrate it: python -m runners.calibrate {calibration['name']} model={model} "
                        f"method={method}{setting}")

@@ -74,6 +74,12 @@ def device_of(cfg: DictConfig) -> torch.device:
     return device
 
 
+# CUDA attention kernels whose backward accumulates with atomics -> the process's setting before any run
+_ATOMIC_SDPA = {torch.backends.cuda.enable_flash_sdp: torch.backends.cuda.flash_sdp_enabled(),
+                torch.backends.cuda.enable_mem_efficient_sdp: torch.backends.cuda.mem_efficient_sdp_enabled(),
+                torch.backends.cuda.enable_cudnn_sdp: torch.backends.cuda.cudnn_sdp_enabled()}
+
+
 def deterministic(on: bool) -> None:
     """Deterministic kernels or torch's default, set either way: the setting is the process's,
     and a sweep worker runs one job after another. cuBLAS reads its workspace setting when it
@@ -84,9 +90,8 @@ def deterministic(on: bool) -> None:
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(on, warn_only=True)
-    for enable in (torch.backends.cuda.enable_flash_sdp, torch.backends.cuda.enable_mem_efficient_sdp,
-                   torch.backends.cuda.enable_cudnn_sdp):
-        enable(not on)
+    for enable, default in _ATOMIC_SDPA.items():
+        enable(default and not on)
 
 
 def count(cfg: DictConfig) -> str:

@@ -85,7 +85,7 @@ def test_givens_rotation_stays_fp32_under_bf16_autocast() -> None:
             got = layer(x)
             want = F.linear(x, dense.float(), layer.base_layer.bias)  # the same bf16 GEMM
     assert rotated.dtype == torch.float32
-    assert (rotated.double() - dense).abs().max() <= 1e-5 * dense.abs().max()  # bf16 stages: ~1e-2
+    assert (rotated.double() - dense).abs().max() <= 1e-5 * dense.abs().max()  # bf16 stages: 2.4e-3
     assert torch.equal(got, want)
 
 
